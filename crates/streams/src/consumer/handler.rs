@@ -1,0 +1,93 @@
+use std::{fmt, future::Future};
+
+use crate::envelope::Message;
+
+/// Messages of one partition, in stream order, for one handler call.
+#[derive(Debug)]
+pub struct Batch<T> {
+    pub partition: u16,
+    pub messages: Vec<Message<T>>,
+}
+
+impl<T> Batch<T> {
+    pub fn len(&self) -> usize {
+        self.messages.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+
+    /// Outcomes that acknowledge every message.
+    pub fn ack_all(&self) -> Outcomes {
+        Outcomes(vec![Outcome::Ack; self.len()])
+    }
+}
+
+/// What became of one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Ack,
+    /// A failure that may pass: deliver again after a backoff, up to the
+    /// topic's `max_attempts`, then dead-letter.
+    Retry(String),
+    /// A failure that will not pass: dead-letter now.
+    Reject(String),
+}
+
+/// One outcome per message of a batch, by position.
+///
+/// Ordering contract: once a message of a key gets `Retry`, the runtime
+/// holds back every later message of that key (in this batch and after)
+/// until the failed one succeeds or is dead-lettered, then delivers them
+/// again, even those this batch reported as `Ack`. A handler that stops
+/// working on a key after its first failure avoids that repeat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcomes(pub Vec<Outcome>);
+
+impl Outcomes {
+    pub fn retry(&mut self, index: usize, error: impl fmt::Display) {
+        self.set(index, Outcome::Retry(error.to_string()));
+    }
+
+    pub fn reject(&mut self, index: usize, reason: impl fmt::Display) {
+        self.set(index, Outcome::Reject(reason.to_string()));
+    }
+
+    /// Retry every message, e.g. when the handler's database is down.
+    pub fn retry_all(len: usize, error: impl fmt::Display) -> Self {
+        Self(vec![Outcome::Retry(error.to_string()); len])
+    }
+
+    fn set(&mut self, index: usize, outcome: Outcome) {
+        if let Some(slot) = self.0.get_mut(index) {
+            *slot = outcome;
+        }
+    }
+
+    /// The outcome at `index`; a handler that returned too few counts as
+    /// having failed the rest, never as having acknowledged them.
+    pub(crate) fn get(&self, index: usize) -> Outcome {
+        self.0.get(index).cloned().unwrap_or_else(|| {
+            Outcome::Retry("handler returned no outcome for this message".into())
+        })
+    }
+}
+
+/// Processes batches of one partition. Batches of different partitions may
+/// run concurrently (up to the consumer's limit); batches of one partition
+/// never do.
+pub trait Handler<T>: Send + Sync + 'static {
+    fn handle(&self, batch: Batch<T>) -> impl Future<Output = Outcomes> + Send;
+}
+
+impl<T, F, Fut> Handler<T> for F
+where
+    T: Send + 'static,
+    F: Fn(Batch<T>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Outcomes> + Send,
+{
+    fn handle(&self, batch: Batch<T>) -> impl Future<Output = Outcomes> + Send {
+        self(batch)
+    }
+}

@@ -1,0 +1,438 @@
+//! Consuming a topic in a group, with one owner per partition.
+//!
+//! # Ownership
+//! Every consumer of a group heartbeats into a members set (judged by the
+//! server's clock). From the sorted live members each consumer derives the
+//! same assignment, partition `p` to member `p mod n`, and runs a worker for
+//! each partition it both is assigned and holds the lease of. The lease is
+//! a key in the partition's slot with a TTL, renewed every `heartbeat`. A
+//! consumer that joins or leaves changes the assignment; the old owner
+//! finishes its batch, acknowledges, and releases the lease before the new
+//! one can take it. A consumer that dies stops renewing; its leases and
+//! membership expire after `lease_ttl` and the partitions move.
+//!
+//! A worker stops by itself once its lease may have expired (it could not
+//! renew for `lease_ttl` minus a margin), so two live workers never process
+//! one partition at once as long as a batch finishes within that margin.
+//!
+//! # Takeover
+//! A new owner first claims every pending entry of the partition with
+//! XAUTOCLAIM (any consumer's: only the owner processes a partition) and
+//! runs them through the handler before reading new entries, oldest first,
+//! so a key's order survives the move. Pending ids whose entries were
+//! deleted are counted in `streams_unacked_trimmed_total` and dropped.
+//! Consumers no longer alive with nothing pending are removed from the
+//! group.
+//!
+//! # Retries and the DLQ
+//! See [`worker`] for how a failed message waits without stalling other
+//! keys.
+
+mod handler;
+mod worker;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use futures_util::future::join_all;
+use tokio::{
+    sync::{Semaphore, watch},
+    task::JoinHandle,
+};
+use tokio_util::sync::CancellationToken;
+
+pub use handler::{Batch, Handler, Outcome, Outcomes};
+
+use crate::{
+    Result,
+    client::{StreamsClient, evalsha},
+    envelope::Event,
+    scripts,
+    topic::{Topic, TopicLayout},
+};
+
+/// Where a new group starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartFrom {
+    /// Everything still in the stream.
+    Beginning,
+    /// Only entries added after the group is created.
+    Latest,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    pub group: String,
+    /// Unique per process; the default is host, pid and a random suffix.
+    pub consumer_name: String,
+    pub batch_size: usize,
+    /// How long an idle read blocks; also bounds how long shutdown waits
+    /// for a worker that is waiting for entries.
+    pub block: Duration,
+    /// Handler calls running at once, over all partitions of this consumer.
+    pub max_concurrent_batches: usize,
+    pub lease_ttl: Duration,
+    pub heartbeat: Duration,
+    pub start_from: StartFrom,
+    /// Skip messages this group already processed (by message id), for
+    /// this long after processing. See [`crate::idempotency`].
+    pub dedupe_ttl: Option<Duration>,
+    /// How often a worker runs retention and refreshes its gauges.
+    pub maintenance_interval: Duration,
+}
+
+impl ConsumerConfig {
+    pub fn new(group: impl Into<String>) -> Self {
+        let lease_ttl = Duration::from_secs(10);
+        Self {
+            group: group.into(),
+            consumer_name: default_consumer_name(),
+            batch_size: 500,
+            block: Duration::from_millis(500),
+            max_concurrent_batches: 4,
+            lease_ttl,
+            heartbeat: lease_ttl / 4,
+            start_from: StartFrom::Beginning,
+            dedupe_ttl: None,
+            maintenance_interval: Duration::from_secs(1),
+        }
+    }
+
+    /// Set the lease TTL and a heartbeat of a quarter of it.
+    pub fn with_lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = ttl;
+        self.heartbeat = ttl / 4;
+        self
+    }
+}
+
+fn default_consumer_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".into());
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    format!("{host}-{}-{suffix}", std::process::id())
+}
+
+/// The time until which this process may treat a lease as its own.
+#[derive(Debug)]
+pub(crate) struct LeaseClock {
+    epoch: Instant,
+    valid_until_ms: AtomicU64,
+}
+
+impl LeaseClock {
+    fn new(epoch: Instant) -> Self {
+        Self {
+            epoch,
+            valid_until_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Record a renewal sent at `sent`: Redis set the TTL no earlier, so the
+    /// key lives at least until `sent + ttl - margin` on any sane clock.
+    fn renewed(&self, sent: Instant, usable: Duration) {
+        let until = (sent + usable).saturating_duration_since(self.epoch);
+        self.valid_until_ms
+            .store(until.as_millis() as u64, Ordering::Release);
+    }
+
+    fn revoke(&self) {
+        self.valid_until_ms.store(0, Ordering::Release);
+    }
+
+    pub fn is_valid(&self) -> bool {
+        (self.epoch.elapsed().as_millis() as u64) < self.valid_until_ms.load(Ordering::Acquire)
+    }
+}
+
+struct OwnedPartition {
+    lease: Arc<LeaseClock>,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// Everything a worker shares with the consumer that started it.
+pub(crate) struct Shared<H> {
+    pub client: StreamsClient,
+    pub layout: Arc<TopicLayout>,
+    pub config: ConsumerConfig,
+    pub handler: Arc<H>,
+    pub permits: Arc<Semaphore>,
+    pub members: watch::Receiver<Arc<Vec<String>>>,
+}
+
+/// A member of a consumer group on one topic.
+pub struct Consumer<T, H> {
+    shared: Arc<Shared<H>>,
+    members_tx: watch::Sender<Arc<Vec<String>>>,
+    owned: BTreeMap<u16, OwnedPartition>,
+    epoch: Instant,
+    _payload: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T, H> std::fmt::Debug for Consumer<T, H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("topic", &self.shared.layout.config.name)
+            .field("group", &self.shared.config.group)
+            .field("consumer", &self.shared.config.consumer_name)
+            .field("owned", &self.owned.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl<T: Event, H: Handler<T>> Consumer<T, H> {
+    pub fn new(
+        client: StreamsClient,
+        topic: &Topic<T>,
+        config: ConsumerConfig,
+        handler: H,
+    ) -> Self {
+        let (members_tx, members) = watch::channel(Arc::new(Vec::new()));
+        Self {
+            shared: Arc::new(Shared {
+                client,
+                layout: topic.layout().clone(),
+                permits: Arc::new(Semaphore::new(config.max_concurrent_batches.max(1))),
+                config,
+                handler: Arc::new(handler),
+                members,
+            }),
+            members_tx,
+            owned: BTreeMap::new(),
+            epoch: Instant::now(),
+            _payload: std::marker::PhantomData,
+        }
+    }
+
+    /// Consume until `shutdown` fires, then finish in-flight batches,
+    /// release the leases and leave the group.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<()> {
+        tracing::info!(
+            topic = %self.shared.layout.config.name,
+            group = %self.shared.config.group,
+            consumer = %self.shared.config.consumer_name,
+            "consumer starting"
+        );
+        let mut ticker = tokio::time::interval(self.shared.config.heartbeat);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                _ = ticker.tick() => self.tick().await,
+            }
+        }
+        self.stop_all().await;
+        if let Err(err) = self.membership("leave").await {
+            tracing::warn!(%err, "could not leave the group; membership will expire");
+        }
+        tracing::info!(consumer = %self.shared.config.consumer_name, "consumer stopped");
+        Ok(())
+    }
+
+    async fn tick(&mut self) {
+        self.reap_finished().await;
+        let members = match self.membership("join").await {
+            Ok(members) => members,
+            Err(err) => {
+                tracing::warn!(%err, "heartbeat failed; keeping current partitions while the leases last");
+                self.renew_leases().await;
+                return;
+            }
+        };
+        let wanted = assignment(
+            &members,
+            &self.shared.config.consumer_name,
+            self.shared.layout.config.partitions,
+        );
+        self.members_tx.send_replace(Arc::new(members));
+        for (partition, owned) in &self.owned {
+            if !wanted.contains(partition) && !owned.stop.is_cancelled() {
+                tracing::info!(partition, "handing partition over");
+                owned.stop.cancel();
+            }
+        }
+        self.renew_leases().await;
+        for partition in wanted {
+            if !self.owned.contains_key(&partition) {
+                self.try_acquire(partition).await;
+            }
+        }
+    }
+
+    async fn membership(&self, mode: &str) -> Result<Vec<String>> {
+        let key = self.shared.layout.members_key(&self.shared.config.group);
+        let mut cmd = evalsha(&scripts::MEMBERSHIP, &[key]);
+        cmd.arg(&self.shared.config.consumer_name)
+            .arg(self.shared.config.lease_ttl.as_millis() as u64)
+            .arg(mode);
+        let mut members: Vec<String> = self
+            .shared
+            .client
+            .eval("membership", &scripts::MEMBERSHIP, &cmd)
+            .await?;
+        members.sort();
+        Ok(members)
+    }
+
+    async fn renew_leases(&self) {
+        let me = &self.shared.config.consumer_name;
+        let ttl = self.shared.config.lease_ttl;
+        let renewals = self
+            .owned
+            .iter()
+            .filter(|(_, owned)| !owned.stop.is_cancelled())
+            .map(|(partition, owned)| async move {
+                let sent = Instant::now();
+                let result = self
+                    .lease_call(&scripts::LEASE_RENEW, *partition, me, ttl)
+                    .await;
+                match result {
+                    Ok(true) => owned.lease.renewed(sent, usable_lease(ttl)),
+                    Ok(false) => {
+                        tracing::warn!(
+                            partition,
+                            "lease lost to another consumer; stopping the worker"
+                        );
+                        owned.lease.revoke();
+                        owned.stop.cancel();
+                    }
+                    Err(err) => tracing::warn!(partition, %err, "lease renewal failed"),
+                }
+            });
+        join_all(renewals).await;
+    }
+
+    async fn lease_call(
+        &self,
+        script: &redis::Script,
+        partition: u16,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<bool> {
+        let keys = self.shared.layout.partition(partition)?;
+        let mut cmd = evalsha(script, &[keys.lease(&self.shared.config.group)]);
+        cmd.arg(owner).arg(ttl.as_millis() as u64);
+        let held: i64 = self.shared.client.eval("lease", script, &cmd).await?;
+        Ok(held == 1)
+    }
+
+    async fn try_acquire(&mut self, partition: u16) {
+        let me = self.shared.config.consumer_name.clone();
+        let ttl = self.shared.config.lease_ttl;
+        let sent = Instant::now();
+        match self
+            .lease_call(&scripts::LEASE_ACQUIRE, partition, &me, ttl)
+            .await
+        {
+            Ok(true) => {
+                let lease = Arc::new(LeaseClock::new(self.epoch));
+                lease.renewed(sent, usable_lease(ttl));
+                let stop = CancellationToken::new();
+                let task = tokio::spawn(worker::run::<T, H>(
+                    self.shared.clone(),
+                    partition,
+                    lease.clone(),
+                    stop.clone(),
+                ));
+                tracing::info!(partition, "partition acquired");
+                self.owned
+                    .insert(partition, OwnedPartition { lease, stop, task });
+            }
+            Ok(false) => tracing::debug!(partition, "partition still leased by another consumer"),
+            Err(err) => tracing::warn!(partition, %err, "lease acquisition failed"),
+        }
+    }
+
+    /// Forget workers that ended (handed over, lost their lease, or failed).
+    async fn reap_finished(&mut self) {
+        let finished: Vec<u16> = self
+            .owned
+            .iter()
+            .filter(|(_, o)| o.task.is_finished())
+            .map(|(p, _)| *p)
+            .collect();
+        for partition in finished {
+            if let Some(owned) = self.owned.remove(&partition)
+                && let Err(err) = owned.task.await
+            {
+                tracing::error!(partition, %err, "partition worker panicked");
+            }
+        }
+    }
+
+    async fn stop_all(&mut self) {
+        for owned in self.owned.values() {
+            owned.stop.cancel();
+        }
+        for (partition, owned) in std::mem::take(&mut self.owned) {
+            if let Err(err) = owned.task.await {
+                tracing::error!(partition, %err, "partition worker panicked");
+            }
+        }
+    }
+}
+
+/// Part of the TTL a holder may use: it stops a third of a TTL early so
+/// that a renewal lost in flight cannot let two owners overlap.
+fn usable_lease(ttl: Duration) -> Duration {
+    ttl - ttl / 3
+}
+
+/// Partitions `me` should own: `p` goes to the `p mod n`-th of the sorted
+/// live members, so every member computes the same answer.
+fn assignment(members: &[String], me: &str, partitions: u16) -> BTreeSet<u16> {
+    let Some(position) = members.iter().position(|m| m == me) else {
+        return BTreeSet::new();
+    };
+    (0..partitions)
+        .filter(|p| usize::from(*p) % members.len() == position)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn assignment_covers_every_partition_exactly_once() {
+        for n in 1..=7usize {
+            let members: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
+            let mut seen = BTreeMap::new();
+            for m in &members {
+                for p in assignment(&members, m, 6) {
+                    *seen.entry(p).or_insert(0) += 1;
+                }
+            }
+            assert_eq!(seen.len(), 6);
+            assert!(seen.values().all(|c| *c == 1));
+        }
+        assert!(assignment(&["a".into()], "stranger", 6).is_empty());
+    }
+
+    #[test]
+    fn lease_clock_expires_early() {
+        let epoch = Instant::now();
+        let clock = LeaseClock::new(epoch);
+        assert!(!clock.is_valid());
+        clock.renewed(Instant::now(), usable_lease(Duration::from_secs(3)));
+        assert!(clock.is_valid());
+        clock.revoke();
+        assert!(!clock.is_valid());
+        clock.renewed(
+            Instant::now() - Duration::from_secs(5),
+            usable_lease(Duration::from_secs(3)),
+        );
+        assert!(!clock.is_valid());
+    }
+}

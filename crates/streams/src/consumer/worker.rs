@@ -1,0 +1,831 @@
+//! The worker that processes one owned partition.
+//!
+//! # How a retry waits
+//! A failed message stays pending in Redis (its delivery count, bumped with
+//! `XCLAIM ... RETRYCOUNT` before each retry, survives a crash), and its key
+//! is *blocked* in memory: later messages of that key queue behind it, while
+//! messages of every other key keep flowing. When the backoff expires the
+//! failed message is delivered alone; on success (or once it is
+//! dead-lettered) the queued messages of its key follow, in order.
+//!
+//! The trade-off: a poison key stalls only itself, and only for the sum of
+//! its backoffs (bounded by `max_attempts` and the policy's `max_delay`).
+//! Its order is kept up to the dead-lettering of the poison message, which
+//! then leaves the sequence; a later redrive delivers it after messages that
+//! were produced after it. Blocking the whole partition instead would keep
+//! strict order across the DLQ at the price of stalling every key behind one
+//! bad message, which is what the design avoids. Held messages live in
+//! memory but remain pending in Redis, so a crash loses none of them: the
+//! next owner claims them in id order. A handover restarts their backoffs.
+
+use std::{
+    cmp::Reverse,
+    collections::{BinaryHeap, HashMap, HashSet, VecDeque},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use redis::{Value, cluster_async::ClusterConnection};
+use tokio_util::sync::CancellationToken;
+
+use super::{Handler, LeaseClock, Outcome, Shared, StartFrom, handler::Batch};
+use crate::{
+    Error, Result,
+    client::{evalsha, retry},
+    envelope::{EntryId, Event, Message, RawEntry, text},
+    metrics::PartitionMetrics,
+    producer::now_ms,
+    scripts,
+    topic::PartitionKeys,
+};
+
+/// An entry this worker holds: delivered to it, not yet acknowledged.
+#[derive(Debug)]
+struct Held {
+    raw: RawEntry,
+    deliveries: u32,
+}
+
+/// A key whose oldest message failed and waits for its next attempt.
+#[derive(Debug, Default)]
+struct Blocked {
+    /// The failed message first, then later messages of the key.
+    queue: VecDeque<Held>,
+    /// The failed message is out for another attempt.
+    retrying: bool,
+}
+
+#[derive(Debug)]
+struct DeadLetter {
+    entry_id: EntryId,
+    reason: &'static str,
+    error: String,
+    attempts: u32,
+}
+
+pub(crate) async fn run<T: Event, H: Handler<T>>(
+    shared: Arc<Shared<H>>,
+    partition: u16,
+    lease: Arc<LeaseClock>,
+    stop: CancellationToken,
+) {
+    let mut worker = match Worker::<T, H>::start(shared.clone(), partition, lease, stop).await {
+        Ok(worker) => worker,
+        Err(err) => {
+            tracing::error!(partition, %err, "partition worker could not start");
+            release_lease(&shared, partition).await;
+            return;
+        }
+    };
+    worker.run().await;
+    worker.metrics.owned.set(0.0);
+    release_lease(&shared, partition).await;
+}
+
+async fn release_lease<H>(shared: &Shared<H>, partition: u16) {
+    let Ok(keys) = shared.layout.partition(partition) else {
+        return;
+    };
+    let mut cmd = evalsha(&scripts::LEASE_RELEASE, &[keys.lease(&shared.config.group)]);
+    cmd.arg(&shared.config.consumer_name);
+    if let Err(err) = shared
+        .client
+        .eval::<i64>("lease release", &scripts::LEASE_RELEASE, &cmd)
+        .await
+    {
+        tracing::warn!(partition, %err, "could not release the lease; it will expire");
+    }
+}
+
+struct Worker<T, H> {
+    shared: Arc<Shared<H>>,
+    keys: PartitionKeys,
+    lease: Arc<LeaseClock>,
+    stop: CancellationToken,
+    reader: ClusterConnection,
+    metrics: PartitionMetrics,
+    blocked: HashMap<String, Blocked>,
+    timers: BinaryHeap<Reverse<(Instant, String)>>,
+    /// Entries to deliver before reading anything new, oldest first.
+    ready: VecDeque<Held>,
+    /// Acknowledgements not yet confirmed by Redis: `(entry, message id to
+    /// mark as processed)`.
+    unacked: Vec<(EntryId, Option<String>)>,
+    undead: Vec<DeadLetter>,
+    next_maintenance: Instant,
+    next_cleanup: Instant,
+    _payload: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T: Event, H: Handler<T>> Worker<T, H> {
+    async fn start(
+        shared: Arc<Shared<H>>,
+        partition: u16,
+        lease: Arc<LeaseClock>,
+        stop: CancellationToken,
+    ) -> Result<Self> {
+        let keys = shared.layout.partition(partition)?.clone();
+        let reader = shared
+            .client
+            .dedicated_connection(shared.config.block)
+            .await?;
+        let metrics =
+            PartitionMetrics::new(&shared.layout.config.name, &shared.config.group, partition);
+        metrics.owned.set(1.0);
+        let mut worker = Self {
+            shared,
+            keys,
+            lease,
+            stop,
+            reader,
+            metrics,
+            blocked: HashMap::new(),
+            timers: BinaryHeap::new(),
+            ready: VecDeque::new(),
+            unacked: Vec::new(),
+            undead: Vec::new(),
+            next_maintenance: Instant::now(),
+            next_cleanup: Instant::now(),
+            _payload: std::marker::PhantomData,
+        };
+        worker.ensure_group().await?;
+        worker.take_over_pending().await?;
+        Ok(worker)
+    }
+
+    fn group(&self) -> &str {
+        &self.shared.config.group
+    }
+
+    fn me(&self) -> &str {
+        &self.shared.config.consumer_name
+    }
+
+    fn partition(&self) -> u16 {
+        self.keys.index
+    }
+
+    async fn run(&mut self) {
+        let mut failures = 0u32;
+        loop {
+            if self.stop.is_cancelled() {
+                break;
+            }
+            if !self.lease.is_valid() {
+                tracing::warn!(
+                    partition = self.partition(),
+                    "lease may have expired; stopping"
+                );
+                break;
+            }
+            match self.step().await {
+                Ok(()) => failures = 0,
+                Err(err) => {
+                    failures += 1;
+                    let pause = Duration::from_millis(100 * u64::from(failures.min(20)));
+                    tracing::warn!(partition = self.partition(), %err, ?pause, "partition step failed");
+                    tokio::select! {
+                        () = self.stop.cancelled() => {}
+                        () = tokio::time::sleep(pause) => {}
+                    }
+                    if let Err(err) = self.adopt_orphans().await {
+                        tracing::warn!(partition = self.partition(), %err, "could not re-read own pending entries");
+                    }
+                }
+            }
+        }
+        // Finish what was handled: acknowledgements and dead letters.
+        if let Err(err) = self.flush().await {
+            tracing::warn!(partition = self.partition(), %err, "could not flush on stop; entries stay pending for the next owner");
+        }
+    }
+
+    async fn step(&mut self) -> Result<()> {
+        self.flush().await?;
+        let batch = self.next_batch().await?;
+        if !batch.is_empty() {
+            self.process(batch).await?;
+            self.flush().await?;
+        }
+        self.maintain_if_due().await
+    }
+
+    async fn ensure_group(&self) -> Result<()> {
+        let start = match self.shared.config.start_from {
+            StartFrom::Beginning => "0",
+            StartFrom::Latest => "$",
+        };
+        let cmd = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&self.keys.stream)
+            .arg(self.group())
+            .arg(start)
+            .arg("MKSTREAM")
+            .to_owned();
+        match self.shared.client.query::<()>("create group", &cmd).await {
+            Err(Error::Redis(err)) if err.code() == Some("BUSYGROUP") => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Claim every pending entry of the partition, whoever holds it, and
+    /// queue them before anything new. Claiming counts as a delivery, so a
+    /// message that keeps killing its consumers reaches `max_attempts`.
+    async fn take_over_pending(&mut self) -> Result<()> {
+        let mut cursor = "0-0".to_owned();
+        let mut claimed = Vec::new();
+        loop {
+            let cmd = redis::cmd("XAUTOCLAIM")
+                .arg(&self.keys.stream)
+                .arg(self.group())
+                .arg(self.me())
+                .arg(0)
+                .arg(&cursor)
+                .arg("COUNT")
+                .arg(1000)
+                .to_owned();
+            let reply: Value = self.shared.client.query("claim pending", &cmd).await?;
+            let (next, entries, deleted) = parse_autoclaim(reply)?;
+            claimed.extend(entries.into_iter().filter(|e| !e.fields.is_empty()));
+            self.report_deleted(&deleted);
+            if next == EntryId::MIN {
+                break;
+            }
+            cursor = next.to_string();
+        }
+        // The delivery count of every entry now pending with this worker.
+        let counts = self.own_pending_counts().await?;
+        claimed.sort_by_key(|e| e.entry_id);
+        if !claimed.is_empty() {
+            tracing::info!(
+                partition = self.partition(),
+                count = claimed.len(),
+                "claimed pending entries"
+            );
+            self.metrics.reclaimed.increment(claimed.len() as u64);
+        }
+        for raw in claimed {
+            let deliveries = counts.get(&raw.entry_id).copied().unwrap_or(1);
+            self.ready.push_back(Held { raw, deliveries });
+        }
+        self.remove_dead_consumers().await
+    }
+
+    /// Delivery counts of the entries pending with this consumer.
+    async fn own_pending_counts(&self) -> Result<HashMap<EntryId, u32>> {
+        let mut counts = HashMap::new();
+        let mut start = "-".to_owned();
+        loop {
+            let cmd = redis::cmd("XPENDING")
+                .arg(&self.keys.stream)
+                .arg(self.group())
+                .arg(&start)
+                .arg("+")
+                .arg(1000)
+                .arg(self.me())
+                .to_owned();
+            let rows: Vec<(String, String, u64, u32)> =
+                self.shared.client.query("pending counts", &cmd).await?;
+            let Some(last) = rows.last().map(|r| r.0.clone()) else {
+                break;
+            };
+            for (id, _, _, deliveries) in &rows {
+                counts.insert(parse_id(id)?, *deliveries);
+            }
+            if rows.len() < 1000 {
+                break;
+            }
+            start = parse_id(&last)?.next().to_string();
+        }
+        Ok(counts)
+    }
+
+    /// After a failed read the server may have delivered entries whose reply
+    /// never arrived. They are pending with this consumer but held nowhere;
+    /// take them back so they are not stranded until the next takeover.
+    async fn adopt_orphans(&mut self) -> Result<()> {
+        let counts = self.own_pending_counts().await?;
+        let held: HashSet<EntryId> = self
+            .ready
+            .iter()
+            .chain(self.blocked.values().flat_map(|b| b.queue.iter()))
+            .map(|h| h.raw.entry_id)
+            .chain(self.unacked.iter().map(|(id, _)| *id))
+            .chain(self.undead.iter().map(|d| d.entry_id))
+            .collect();
+        let mut orphans: Vec<(EntryId, u32)> = counts
+            .into_iter()
+            .filter(|(id, _)| !held.contains(id))
+            .collect();
+        orphans.sort();
+        for (id, deliveries) in orphans {
+            let cmd = redis::cmd("XRANGE")
+                .arg(&self.keys.stream)
+                .arg(id)
+                .arg(id)
+                .to_owned();
+            let reply: Value = self.shared.client.query("read orphan", &cmd).await?;
+            match RawEntry::list_from_value(reply)?.pop() {
+                Some(raw) => self.enqueue(Held { raw, deliveries }),
+                None => {
+                    self.report_deleted(&[id]);
+                    self.unacked.push((id, None));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn report_deleted(&self, deleted: &[EntryId]) {
+        if deleted.is_empty() {
+            return;
+        }
+        tracing::error!(
+            partition = self.partition(),
+            count = deleted.len(),
+            first = %deleted[0],
+            "pending entries were deleted from the stream before being acknowledged; they are lost"
+        );
+        self.metrics.unacked_trimmed.increment(deleted.len() as u64);
+    }
+
+    /// Queue an entry behind its key if the key is blocked, else to `ready`.
+    fn enqueue(&mut self, held: Held) {
+        match self.blocked.get_mut(held.raw.key()) {
+            Some(blocked) => blocked.queue.push_back(held),
+            None => self.ready.push_back(held),
+        }
+    }
+
+    async fn next_batch(&mut self) -> Result<Vec<Held>> {
+        let size = self.shared.config.batch_size.max(1);
+        let mut batch = self.due_retries().await?;
+        while batch.len() < size {
+            let Some(held) = self.ready.pop_front() else {
+                break;
+            };
+            // A key may have failed since this entry was queued.
+            match self.blocked.get_mut(held.raw.key()) {
+                Some(blocked) => blocked.queue.push_back(held),
+                None => batch.push(held),
+            }
+        }
+        // Only read new entries once everything older has been handed out,
+        // or a key's new entry could overtake an older one still waiting.
+        if batch.len() < size && self.ready.is_empty() {
+            let block = if batch.is_empty() {
+                let until_due = self
+                    .timers
+                    .peek()
+                    .map(|Reverse((due, _))| due.saturating_duration_since(Instant::now()));
+                match until_due {
+                    Some(wait) if wait.is_zero() => None,
+                    Some(wait) => Some(wait.min(self.shared.config.block)),
+                    None => Some(self.shared.config.block),
+                }
+            } else {
+                None
+            };
+            for raw in self.read_new(size - batch.len(), block).await? {
+                let held = Held { raw, deliveries: 1 };
+                match self.blocked.get_mut(held.raw.key()) {
+                    Some(blocked) => blocked.queue.push_back(held),
+                    None => batch.push(held),
+                }
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Failed messages whose backoff has expired, each bumped to its next
+    /// delivery in Redis first.
+    async fn due_retries(&mut self) -> Result<Vec<Held>> {
+        let now = Instant::now();
+        let mut due = Vec::new();
+        while self
+            .timers
+            .peek()
+            .is_some_and(|Reverse((at, _))| *at <= now)
+        {
+            let Some(Reverse((_, key))) = self.timers.pop() else {
+                break;
+            };
+            let Some(blocked) = self.blocked.get_mut(&key) else {
+                continue;
+            };
+            if blocked.retrying {
+                continue;
+            }
+            if let Some(mut head) = blocked.queue.pop_front() {
+                head.deliveries += 1;
+                blocked.retrying = true;
+                due.push(head);
+            }
+        }
+        let mut batch = Vec::with_capacity(due.len());
+        for head in due {
+            let cmd = redis::cmd("XCLAIM")
+                .arg(&self.keys.stream)
+                .arg(self.group())
+                .arg(self.me())
+                .arg(0)
+                .arg(head.raw.entry_id)
+                .arg("RETRYCOUNT")
+                .arg(head.deliveries)
+                .arg("JUSTID")
+                .to_owned();
+            let ids: Vec<String> = self.shared.client.query("count retry", &cmd).await?;
+            if ids.is_empty() {
+                // Gone from the stream or from the group: nothing to retry.
+                self.report_deleted(&[head.raw.entry_id]);
+                self.unblock(head.raw.key().to_owned());
+            } else {
+                self.metrics.retried.increment(1);
+                batch.push(head);
+            }
+        }
+        Ok(batch)
+    }
+
+    async fn read_new(&mut self, count: usize, block: Option<Duration>) -> Result<Vec<RawEntry>> {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(self.group())
+            .arg(self.me())
+            .arg("COUNT")
+            .arg(count);
+        if let Some(block) = block {
+            cmd.arg("BLOCK").arg(block.as_millis().max(1) as u64);
+        }
+        cmd.arg("STREAMS").arg(&self.keys.stream).arg(">");
+        let config = self.shared.client.config();
+        let reader = self.reader.clone();
+        let reply = retry(
+            "read",
+            config.command_timeout + block.unwrap_or_default(),
+            config.operation_timeout,
+            || {
+                let mut conn = reader.clone();
+                let cmd = &cmd;
+                async move { Ok(cmd.query_async::<Value>(&mut conn).await?) }
+            },
+        )
+        .await;
+        match reply {
+            Ok(reply) => parse_read(reply),
+            Err(Error::Redis(e)) if e.code() == Some("NOGROUP") => {
+                tracing::warn!(
+                    partition = self.partition(),
+                    "consumer group vanished; recreating it"
+                );
+                self.ensure_group().await?;
+                Ok(Vec::new())
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    async fn process(&mut self, batch: Vec<Held>) -> Result<()> {
+        let max_attempts = self.shared.layout.config.max_attempts;
+        let dedupe = self.shared.config.dedupe_ttl.is_some();
+        let already_done = if dedupe {
+            self.processed_markers(&batch).await?
+        } else {
+            HashSet::new()
+        };
+        let mut messages: Vec<Message<T>> = Vec::with_capacity(batch.len());
+        let mut delivered: Vec<Held> = Vec::with_capacity(batch.len());
+        for held in batch {
+            let entry_id = held.raw.entry_id;
+            if held
+                .raw
+                .target_group()
+                .is_some_and(|g| !g.is_empty() && g != self.group())
+            {
+                // A redrive meant for another group.
+                self.unacked.push((entry_id, None));
+                continue;
+            }
+            if already_done.contains(held.raw.message_id()) {
+                self.metrics.duplicates.increment(1);
+                self.unacked.push((entry_id, None));
+                continue;
+            }
+            if held.deliveries > max_attempts {
+                self.dead_letter(
+                    &held,
+                    "max_deliveries",
+                    "delivered too often without an outcome (crashed consumers?)".into(),
+                );
+                continue;
+            }
+            match held.raw.decode::<T>(self.partition(), held.deliveries) {
+                Ok(message) => {
+                    messages.push(message);
+                    delivered.push(held);
+                }
+                Err(err) => self.dead_letter(&held, err.dlq_reason(), err.to_string()),
+            }
+        }
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let outcomes = {
+            let _permit = self
+                .shared
+                .permits
+                .acquire()
+                .await
+                .map_err(|_| Error::Config("consumer closed".into()))?;
+            self.metrics.delivered.increment(messages.len() as u64);
+            let started = Instant::now();
+            let outcomes = self
+                .shared
+                .handler
+                .handle(Batch {
+                    partition: self.partition(),
+                    messages,
+                })
+                .await;
+            self.metrics
+                .handler_seconds
+                .record(started.elapsed().as_secs_f64());
+            outcomes
+        };
+        let mut failed_keys: HashSet<String> = HashSet::new();
+        for (index, held) in delivered.into_iter().enumerate() {
+            let key = held.raw.key().to_owned();
+            if failed_keys.contains(&key) {
+                self.hold_behind(&key, held);
+                continue;
+            }
+            match outcomes.get(index) {
+                Outcome::Ack => {
+                    let mark = dedupe.then(|| held.raw.message_id().to_owned());
+                    self.unacked.push((held.raw.entry_id, mark));
+                    self.release_if_head(&key);
+                }
+                Outcome::Reject(reason) => {
+                    self.dead_letter(&held, "rejected", reason);
+                    self.release_if_head(&key);
+                }
+                Outcome::Retry(error) if held.deliveries >= max_attempts => {
+                    self.dead_letter(&held, "max_attempts", error);
+                    self.release_if_head(&key);
+                }
+                Outcome::Retry(error) => {
+                    tracing::debug!(partition = self.partition(), %key, attempt = held.deliveries, %error, "will retry");
+                    let wait = self.shared.layout.config.retry.delay_after(held.deliveries);
+                    let blocked = self.blocked.entry(key.clone()).or_default();
+                    blocked.queue.push_front(held);
+                    blocked.retrying = false;
+                    self.timers
+                        .push(Reverse((Instant::now() + wait, key.clone())));
+                    failed_keys.insert(key);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Queue `held` behind the failed message of its key.
+    fn hold_behind(&mut self, key: &str, held: Held) {
+        self.blocked
+            .entry(key.to_owned())
+            .or_default()
+            .queue
+            .push_back(held);
+    }
+
+    /// A retried message of a blocked key is done: let the rest follow.
+    fn release_if_head(&mut self, key: &str) {
+        if self.blocked.get(key).is_some_and(|b| b.retrying) {
+            self.unblock(key.to_owned());
+        }
+    }
+
+    fn unblock(&mut self, key: String) {
+        if let Some(blocked) = self.blocked.remove(&key) {
+            self.ready.extend(blocked.queue);
+        }
+    }
+
+    fn dead_letter(&mut self, held: &Held, reason: &'static str, error: String) {
+        tracing::warn!(
+            partition = self.partition(),
+            entry = %held.raw.entry_id,
+            key = held.raw.key(),
+            reason,
+            %error,
+            "moving message to the DLQ"
+        );
+        let earlier: u32 = held
+            .raw
+            .field_str(crate::envelope::fields::ATTEMPTS)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(0);
+        self.undead.push(DeadLetter {
+            entry_id: held.raw.entry_id,
+            reason,
+            error,
+            attempts: earlier.saturating_add(held.deliveries),
+        });
+    }
+
+    async fn processed_markers(&self, batch: &[Held]) -> Result<HashSet<String>> {
+        let ids: Vec<&str> = batch.iter().map(|h| h.raw.message_id()).collect();
+        let keys: Vec<String> = ids
+            .iter()
+            .map(|id| self.keys.dedupe(self.group(), id))
+            .collect();
+        let cmd = redis::cmd("MGET").arg(&keys).to_owned();
+        let values: Vec<Option<String>> = self.shared.client.query("check processed", &cmd).await?;
+        Ok(ids
+            .into_iter()
+            .zip(values)
+            .filter(|(_, v)| v.is_some())
+            .map(|(id, _)| id.to_owned())
+            .collect())
+    }
+
+    /// Send the acknowledgements and dead letters decided so far. Whatever
+    /// fails stays queued for the next attempt.
+    async fn flush(&mut self) -> Result<()> {
+        while let Some(dead) = self.undead.first() {
+            let mut cmd = evalsha(&scripts::DEAD_LETTER, &[&self.keys.stream, &self.keys.dlq]);
+            cmd.arg(self.group())
+                .arg(dead.entry_id)
+                .arg(dead.reason)
+                .arg(&dead.error)
+                .arg(dead.attempts)
+                .arg(self.me())
+                .arg(if self.shared.client.capabilities().xackdel {
+                    "1"
+                } else {
+                    "0"
+                });
+            let moved: Option<String> = self
+                .shared
+                .client
+                .eval("dead-letter", &scripts::DEAD_LETTER, &cmd)
+                .await?;
+            if moved.is_none() {
+                self.report_deleted(&[dead.entry_id]);
+            }
+            self.metrics.dead_lettered(dead.reason);
+            self.undead.remove(0);
+        }
+        if self.unacked.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<EntryId> = self.unacked.iter().map(|(id, _)| *id).collect();
+        let marks: Vec<String> = self
+            .unacked
+            .iter()
+            .filter_map(|(_, mark)| mark.as_deref())
+            .map(|id| self.keys.dedupe(self.group(), id))
+            .collect();
+        match self.shared.config.dedupe_ttl {
+            Some(ttl) if !marks.is_empty() => {
+                let mut keys = Vec::with_capacity(marks.len() + 1);
+                keys.push(self.keys.stream.clone());
+                keys.extend(marks);
+                let mut cmd = evalsha(&scripts::ACK_AND_MARK, &keys);
+                cmd.arg(self.group()).arg(ttl.as_millis() as u64).arg(&ids);
+                self.shared
+                    .client
+                    .eval::<i64>("ack and mark", &scripts::ACK_AND_MARK, &cmd)
+                    .await?;
+            }
+            _ => {
+                let cmd = redis::cmd("XACK")
+                    .arg(&self.keys.stream)
+                    .arg(self.group())
+                    .arg(&ids)
+                    .to_owned();
+                self.shared.client.query::<i64>("ack", &cmd).await?;
+            }
+        }
+        self.metrics.acked.increment(ids.len() as u64);
+        self.unacked.clear();
+        Ok(())
+    }
+
+    async fn maintain_if_due(&mut self) -> Result<()> {
+        let now = Instant::now();
+        if now < self.next_maintenance {
+            return Ok(());
+        }
+        self.next_maintenance = now + self.shared.config.maintenance_interval;
+        let retain = self.shared.layout.config.retain_acked.as_millis() as u64;
+        let cutoff = EntryId {
+            ms: now_ms().saturating_sub(retain),
+            seq: 0,
+        };
+        let mut cmd = evalsha(&scripts::MAINTAIN, &[&self.keys.stream]);
+        cmd.arg(cutoff)
+            .arg(self.group())
+            .arg(if self.shared.client.capabilities().acked_trim {
+                "1"
+            } else {
+                "0"
+            });
+        let (trimmed, lag, pending, oldest, server_now): (u64, u64, u64, String, u64) = self
+            .shared
+            .client
+            .eval("maintain", &scripts::MAINTAIN, &cmd)
+            .await?;
+        self.metrics.trimmed.increment(trimmed);
+        self.metrics.lag_entries.set((lag + pending) as f64);
+        self.metrics.pending.set(pending as f64);
+        let age_ms = parse_id(&oldest)
+            .map(|id| server_now.saturating_sub(id.ms))
+            .unwrap_or(0);
+        self.metrics.lag_seconds.set(age_ms as f64 / 1000.0);
+        if now >= self.next_cleanup {
+            self.next_cleanup = now + Duration::from_secs(30);
+            self.remove_dead_consumers().await?;
+        }
+        Ok(())
+    }
+
+    /// Remove consumers that are no longer members and hold nothing.
+    async fn remove_dead_consumers(&self) -> Result<()> {
+        let members = self.shared.members.borrow().clone();
+        if members.is_empty() {
+            return Ok(());
+        }
+        let cmd = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(&self.keys.stream)
+            .arg(self.group())
+            .to_owned();
+        let consumers: Vec<HashMap<String, Value>> =
+            self.shared.client.query("list consumers", &cmd).await?;
+        for consumer in consumers {
+            let name = consumer
+                .get("name")
+                .cloned()
+                .map(text)
+                .transpose()?
+                .unwrap_or_default();
+            let pending = matches!(consumer.get("pending"), Some(Value::Int(0)));
+            if pending && name != self.me() && !members.contains(&name) {
+                let cmd = redis::cmd("XGROUP")
+                    .arg("DELCONSUMER")
+                    .arg(&self.keys.stream)
+                    .arg(self.group())
+                    .arg(&name)
+                    .to_owned();
+                self.shared
+                    .client
+                    .query::<i64>("remove consumer", &cmd)
+                    .await?;
+                tracing::info!(partition = self.partition(), consumer = %name, "removed dead consumer");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn parse_id(id: &str) -> Result<EntryId> {
+    id.parse()
+        .map_err(|e: crate::DecodeError| Error::protocol("entry id", e.to_string()))
+}
+
+/// `XREADGROUP` reply: nil, or `[[stream, [entry...]]]`.
+fn parse_read(reply: Value) -> Result<Vec<RawEntry>> {
+    let streams = match reply {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Array(streams) => streams,
+        other => return Err(Error::protocol("XREADGROUP", format!("{other:?}"))),
+    };
+    let mut out = Vec::new();
+    for stream in streams {
+        let Value::Array(mut parts) = stream else {
+            return Err(Error::protocol("XREADGROUP", "stream is not an array"));
+        };
+        if let Some(entries) = parts.pop() {
+            out.extend(RawEntry::list_from_value(entries)?);
+        }
+    }
+    Ok(out)
+}
+
+/// `XAUTOCLAIM` reply: `[next cursor, [entry...], [deleted id...]]`.
+fn parse_autoclaim(reply: Value) -> Result<(EntryId, Vec<RawEntry>, Vec<EntryId>)> {
+    let Value::Array(parts) = reply else {
+        return Err(Error::protocol("XAUTOCLAIM", format!("{reply:?}")));
+    };
+    let mut parts = parts.into_iter();
+    let next = parse_id(&text(parts.next().unwrap_or(Value::Nil))?)?;
+    let entries = RawEntry::list_from_value(parts.next().unwrap_or(Value::Nil))?;
+    let deleted = match parts.next() {
+        Some(Value::Array(ids)) => ids
+            .into_iter()
+            .map(|v| parse_id(&text(v)?))
+            .collect::<Result<_>>()?,
+        _ => Vec::new(),
+    };
+    Ok((next, entries, deleted))
+}

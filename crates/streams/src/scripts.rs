@@ -1,0 +1,299 @@
+//! The Lua scripts. Each runs atomically on the node that owns its keys,
+//! and every key a script touches carries the same partition hash tag.
+//!
+//! Scripts start with `#!lua` so that Redis refuses a writing script as a
+//! whole when the node is out of memory, instead of failing halfway.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// Helpers shared by the stream scripts, prepended to their bodies.
+const PRELUDE: &str = r#"
+local function id_parts(id)
+  local dash = string.find(id, '-', 1, true)
+  return tonumber(string.sub(id, 1, dash - 1)), tonumber(string.sub(id, dash + 1))
+end
+
+local function id_cmp(a, b)
+  local ams, aseq = id_parts(a)
+  local bms, bseq = id_parts(b)
+  if ams ~= bms then return ams < bms and -1 or 1 end
+  if aseq ~= bseq then return aseq < bseq and -1 or 1 end
+  return 0
+end
+
+local function id_next(id)
+  local ms, seq = id_parts(id)
+  return string.format('%.0f-%.0f', ms, seq + 1)
+end
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function groups_of(stream)
+  local out = {}
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+    local t = {}
+    for i = 1, #g, 2 do t[g[i]] = g[i + 1] end
+    out[#out + 1] = t
+  end
+  return out
+end
+
+-- Entries the slowest group has not acknowledged: not yet delivered (lag)
+-- plus delivered and pending. When Redis cannot tell the lag (an XDEL in
+-- the unread range), count the whole stream: refusing too early is safe,
+-- accepting too much is not.
+local function backlog(stream)
+  local len = redis.call('XLEN', stream)
+  if len == 0 then return 0 end
+  local groups = groups_of(stream)
+  if #groups == 0 then return len end
+  local worst = 0
+  for _, g in ipairs(groups) do
+    local lag = g['lag']
+    local b = len
+    if type(lag) == 'number' then b = lag + g['pending'] end
+    if b > worst then worst = b end
+  end
+  if worst > len then worst = len end
+  return worst
+end
+
+-- Whether every group has acknowledged entry `id`.
+local function acked_by_all(stream, id)
+  for _, g in ipairs(groups_of(stream)) do
+    if id_cmp(id, g['last-delivered-id']) > 0 then return false end
+    if #redis.call('XPENDING', stream, g['name'], id, id, 1) > 0 then return false end
+  end
+  return true
+end
+"#;
+
+fn stream_script(body: &str) -> Script {
+    Script::new(&format!("#!lua\n{PRELUDE}\n{body}"))
+}
+
+/// Append a batch if the partition has room, in one atomic step.
+///
+/// KEYS[1] stream. ARGV[1] capacity, ARGV[2] arguments per entry, then the
+/// entries' field/value arguments. Appends the longest prefix that fits and
+/// returns `{backlog_before, id...}`.
+pub static PRODUCE: LazyLock<Script> = LazyLock::new(|| {
+    stream_script(
+        r#"
+local stream = KEYS[1]
+local capacity = tonumber(ARGV[1])
+local width = tonumber(ARGV[2])
+local count = (#ARGV - 2) / width
+local used = backlog(stream)
+local room = capacity - used
+if room < count then count = math.max(room, 0) end
+local reply = {used}
+local pos = 3
+for _ = 1, count do
+  reply[#reply + 1] = redis.call('XADD', stream, '*', unpack(ARGV, pos, pos + width - 1))
+  pos = pos + width
+end
+return reply
+"#,
+    )
+});
+
+/// Move one entry to the DLQ: append it with why it failed, acknowledge it,
+/// and delete it from the stream once no other group still needs it.
+///
+/// KEYS[1] stream, KEYS[2] dlq. ARGV: group, entry id, reason, error,
+/// attempts, consumer, `1` when the server has XACKDEL. Returns the DLQ
+/// entry id, or false when the entry was already gone from the stream.
+pub static DEAD_LETTER: LazyLock<Script> = LazyLock::new(|| {
+    stream_script(
+        r#"
+local stream, dlq = KEYS[1], KEYS[2]
+local group, id = ARGV[1], ARGV[2]
+local found = redis.call('XRANGE', stream, id, id)[1]
+local dlq_id = false
+if found then
+  local args = {dlq, '*'}
+  for _, v in ipairs(found[2]) do args[#args + 1] = v end
+  local meta = {'dlq.reason', ARGV[3], 'dlq.error', ARGV[4], 'dlq.attempts', ARGV[5],
+    'dlq.origin', id, 'dlq.group', group, 'dlq.consumer', ARGV[6], 'dlq.at', tostring(now_ms())}
+  for _, v in ipairs(meta) do args[#args + 1] = v end
+  dlq_id = redis.call('XADD', unpack(args))
+end
+if ARGV[7] == '1' then
+  redis.call('XACKDEL', stream, group, 'ACKED', 'IDS', 1, id)
+else
+  redis.call('XACK', stream, group, id)
+  if found and acked_by_all(stream, id) then redis.call('XDEL', stream, id) end
+end
+return dlq_id
+"#,
+    )
+});
+
+/// Retention and the numbers the gauges need, in one call.
+///
+/// Trims entries older than the cutoff that every group has acknowledged:
+/// the trim point never passes any group's oldest pending entry or its
+/// first undelivered one.
+///
+/// KEYS[1] stream. ARGV[1] cutoff id, ARGV[2] group whose figures to
+/// report, ARGV[3] `1` when the server supports `XTRIM ... ACKED`.
+/// Returns `{trimmed, lag, pending, oldest_unacked_id or '', now_ms}`.
+pub static MAINTAIN: LazyLock<Script> = LazyLock::new(|| {
+    stream_script(
+        r#"
+local stream = KEYS[1]
+local now = now_ms()
+if redis.call('EXISTS', stream) == 0 then return {0, 0, 0, '', now} end
+local floor = ARGV[1]
+local lag, pending, oldest = 0, 0, ''
+local groups = groups_of(stream)
+for _, g in ipairs(groups) do
+  local summary = redis.call('XPENDING', stream, g['name'])
+  local first
+  if summary[1] > 0 then first = summary[2] else first = id_next(g['last-delivered-id']) end
+  if id_cmp(first, floor) < 0 then floor = first end
+  if g['name'] == ARGV[2] then
+    pending = summary[1]
+    if type(g['lag']) == 'number' then lag = g['lag'] else lag = redis.call('XLEN', stream) end
+    local entry = redis.call('XRANGE', stream, first, '+', 'COUNT', 1)[1]
+    if summary[1] > 0 then oldest = first elseif entry then oldest = entry[1] end
+  end
+end
+local trimmed = 0
+if #groups > 0 then
+  if ARGV[3] == '1' then
+    trimmed = redis.call('XTRIM', stream, 'MINID', floor, 'ACKED')
+  else
+    trimmed = redis.call('XTRIM', stream, 'MINID', floor)
+  end
+end
+return {trimmed, lag, pending, oldest, now}
+"#,
+    )
+});
+
+/// Acknowledge a batch and mark its messages as processed for the group.
+///
+/// KEYS[1] stream, KEYS[2..] dedupe keys. ARGV[1] group, ARGV[2] marker
+/// TTL in ms, ARGV[3..] entry ids.
+pub static ACK_AND_MARK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"#!lua
+local acked = redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 3))
+for i = 2, #KEYS do redis.call('SET', KEYS[i], '1', 'PX', ARGV[2]) end
+return acked
+"#,
+    )
+});
+
+/// Replay DLQ entries back into their partition, oldest first so that
+/// each key keeps its order, each replay recorded in the audit stream.
+///
+/// KEYS[1] dlq, KEYS[2] stream, KEYS[3] audit. ARGV[1] capacity, ARGV[2]
+/// actor, ARGV[3] first id, ARGV[4] last id, ARGV[5] most entries.
+/// Returns `{replayed, last_dlq_id or '', stopped_by_capacity (0/1)}`.
+pub static REDRIVE: LazyLock<Script> = LazyLock::new(|| {
+    stream_script(
+        r#"
+local dlq, stream, audit = KEYS[1], KEYS[2], KEYS[3]
+local capacity = tonumber(ARGV[1])
+local entries = redis.call('XRANGE', dlq, ARGV[3], ARGV[4], 'COUNT', ARGV[5])
+local room = capacity - backlog(stream)
+local replayed, last = 0, ''
+local now = tostring(now_ms())
+for _, e in ipairs(entries) do
+  if room <= 0 then return {replayed, last, 1} end
+  local args, meta = {stream, '*'}, {}
+  local f = e[2]
+  for i = 1, #f, 2 do
+    local name = f[i]
+    if string.sub(name, 1, 4) == 'dlq.' then
+      meta[name] = f[i + 1]
+    elseif name ~= 'att' and name ~= 'grp' then
+      args[#args + 1] = name
+      args[#args + 1] = f[i + 1]
+    end
+  end
+  args[#args + 1] = 'att'
+  args[#args + 1] = meta['dlq.attempts'] or '0'
+  args[#args + 1] = 'grp'
+  args[#args + 1] = meta['dlq.group'] or ''
+  local new_id = redis.call('XADD', unpack(args))
+  redis.call('XDEL', dlq, e[1])
+  redis.call('XADD', audit, 'MAXLEN', '~', 10000, '*', 'action', 'redrive', 'dlq_id', e[1],
+    'origin', meta['dlq.origin'] or '', 'new_id', new_id, 'group', meta['dlq.group'] or '',
+    'reason', meta['dlq.reason'] or '', 'actor', ARGV[2], 'at', now)
+  replayed = replayed + 1
+  last = e[1]
+  room = room - 1
+end
+return {replayed, last, 0}
+"#,
+    )
+});
+
+/// Take or keep the lease on a partition. KEYS[1] lease. ARGV[1] owner,
+/// ARGV[2] ttl ms. Returns 1 when `owner` holds it afterwards.
+pub static LEASE_ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"#!lua
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"#,
+    )
+});
+
+/// Extend a lease held by ARGV[1] to ARGV[2] ms. Returns 1 if still held.
+pub static LEASE_RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"#!lua
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"#,
+    )
+});
+
+/// Drop a lease held by ARGV[1]. Returns 1 if it was held.
+pub static LEASE_RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"#!lua
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"#,
+    )
+});
+
+/// Heartbeat of a group member, judged by the server's clock so that
+/// client clocks need not agree. KEYS[1] members zset. ARGV[1] member,
+/// ARGV[2] ttl ms, ARGV[3] `join` or `leave`. Returns the live members.
+pub static MEMBERSHIP: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"#!lua
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if ARGV[3] == 'leave' then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+else
+  redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+end
+redis.call('PEXPIRE', KEYS[1], ttl * 10)
+return redis.call('ZRANGE', KEYS[1], 0, -1)
+"#,
+    )
+});
