@@ -187,7 +187,22 @@ impl StreamsClient {
         script: &Script,
         cmd: &(impl Query + Sync),
     ) -> Result<T> {
-        self.run(operation, || {
+        self.eval_within(operation, self.inner.config.operation_timeout, script, cmd)
+            .await
+    }
+
+    /// [`Self::eval`] with its own bound on the whole operation, for calls
+    /// that must not outlive a deadline (a lease renewal is worthless after
+    /// the lease expired).
+    pub(crate) async fn eval_within<T: redis::FromRedisValue + Send>(
+        &self,
+        operation: &'static str,
+        total: Duration,
+        script: &Script,
+        cmd: &(impl Query + Sync),
+    ) -> Result<T> {
+        let attempt_timeout = self.inner.config.command_timeout.min(total);
+        retry(operation, attempt_timeout, total, || {
             let mut conn = self.connection();
             async move {
                 match cmd.query(&mut conn).await {

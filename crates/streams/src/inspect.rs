@@ -474,7 +474,7 @@ fn matches_field(entry: &RawEntry, field: &str, value: &str) -> bool {
                     .try_fold(&json, |node, key| node.get(key))
                     .map(|found| match found {
                         serde_json::Value::String(s) => s == value,
-                        other => other.to_string() == value,
+                        other => *other == value,
                     })
             })
             .unwrap_or(false),

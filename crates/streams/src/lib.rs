@@ -52,7 +52,10 @@ mod scripts;
 pub mod topic;
 
 pub use client::{Capabilities, ClientConfig, Placement, StreamsClient};
-pub use consumer::{Batch, Consumer, ConsumerConfig, Handler, Outcome, Outcomes, StartFrom};
+pub use consumer::{
+    Batch, Consumer, ConsumerConfig, Failure, Handler, Outcome, Outcomes, StartFrom, ensure_group,
+    per_message,
+};
 pub use envelope::{EntryId, Event, Message, RawEntry};
 pub use error::{Backpressure, BackpressureReason, DecodeError, Error, Result};
 pub use inspect::Inspector;

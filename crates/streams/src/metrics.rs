@@ -83,26 +83,21 @@ pub fn describe() {
     );
 }
 
-#[derive(Debug, Clone, Default)]
-pub(crate) struct ProducerMetrics;
-
-impl ProducerMetrics {
-    pub fn produced(&self, topic: &str, partition: u16, n: usize) {
-        if n > 0 {
-            counter!("streams_produced_total", "topic" => topic.to_owned(), "partition" => partition.to_string())
-                .increment(n as u64);
-        }
-    }
-
-    pub fn rejected(&self, topic: &str, partition: u16, n: usize) {
-        if n > 0 {
-            counter!(
-                "streams_backpressure_rejected_total",
-                "topic" => topic.to_owned(),
-                "partition" => partition.to_string()
-            )
+pub(crate) fn produced(topic: &str, partition: u16, n: usize) {
+    if n > 0 {
+        counter!("streams_produced_total", "topic" => topic.to_owned(), "partition" => partition.to_string())
             .increment(n as u64);
-        }
+    }
+}
+
+pub(crate) fn rejected(topic: &str, partition: u16, n: usize) {
+    if n > 0 {
+        counter!(
+            "streams_backpressure_rejected_total",
+            "topic" => topic.to_owned(),
+            "partition" => partition.to_string()
+        )
+        .increment(n as u64);
     }
 }
 

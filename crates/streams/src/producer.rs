@@ -22,8 +22,7 @@ use crate::{
     client::{StreamsClient, evalsha},
     envelope::{ENCODED_WIDTH, Encoded, EntryId, Event, encode},
     error::is_out_of_memory,
-    metrics::ProducerMetrics,
-    scripts,
+    metrics, scripts,
     topic::{Topic, TopicLayout},
 };
 
@@ -56,12 +55,20 @@ impl Default for ProducerConfig {
 /// A message to send. Without an explicit id the producer assigns a
 /// UUIDv7; give one (an outbox row id, say) when the caller itself may send
 /// the message again, so consumers can recognise the repeat.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct Outgoing<'a, T> {
     pub key: &'a str,
     pub payload: &'a T,
     pub message_id: Option<&'a str>,
 }
+
+impl<T> Clone for Outgoing<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for Outgoing<'_, T> {}
 
 impl<'a, T> Outgoing<'a, T> {
     pub fn new(key: &'a str, payload: &'a T) -> Self {
@@ -90,16 +97,11 @@ pub struct Sent {
 pub struct Producer {
     client: StreamsClient,
     config: ProducerConfig,
-    metrics: ProducerMetrics,
 }
 
 impl Producer {
     pub fn new(client: StreamsClient, config: ProducerConfig) -> Self {
-        Self {
-            client,
-            config,
-            metrics: ProducerMetrics::default(),
-        }
+        Self { client, config }
     }
 
     /// Send one message.
@@ -176,8 +178,7 @@ impl Producer {
                             }),
                         ));
                     }
-                    self.metrics
-                        .produced(&layout.config.name, partition, written);
+                    metrics::produced(&layout.config.name, partition, written);
                     if written < chunk.len() {
                         let err = refused(layout, partition, None);
                         out.extend(
@@ -198,8 +199,7 @@ impl Producer {
             .iter()
             .filter(|(_, r)| matches!(r, Err(Error::Backpressure(_))))
             .count();
-        self.metrics
-            .rejected(&layout.config.name, partition, rejected);
+        metrics::rejected(&layout.config.name, partition, rejected);
         out
     }
 

@@ -240,7 +240,7 @@ impl PartitionKeys {
 
 /// The cluster slot of keys tagged `{tag}`: CRC16/XMODEM of the tag.
 pub(crate) fn slot_of(tag: &str) -> u16 {
-    (crc16::State::<crc16::XMODEM>::calculate(tag.as_bytes()) % SLOT_COUNT as u16) as u16
+    crc16::State::<crc16::XMODEM>::calculate(tag.as_bytes()) % SLOT_COUNT as u16
 }
 
 /// The first of `topic:index`, `topic:index:0`, `topic:index:1`, ... whose

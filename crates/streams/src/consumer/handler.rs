@@ -91,3 +91,59 @@ where
         self(batch)
     }
 }
+
+/// Why a message failed, for [`per_message`] handlers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// May pass: retry with backoff.
+    Retry(String),
+    /// Will not pass: dead-letter now.
+    Reject(String),
+}
+
+/// A batch handler built from a function of one message. Messages run one
+/// after another in stream order; once a message of a key fails with
+/// [`Failure::Retry`], the later messages of that key in the batch are not
+/// run (the runtime delivers them again after the failed one), so every
+/// key's messages take effect in order and none runs twice because of a
+/// neighbour's failure.
+pub fn per_message<T, F, Fut>(f: F) -> impl Handler<T>
+where
+    T: Send + 'static,
+    F: Fn(Message<T>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), Failure>> + Send,
+{
+    PerMessage(f)
+}
+
+struct PerMessage<F>(F);
+
+impl<T, F, Fut> Handler<T> for PerMessage<F>
+where
+    T: Send + 'static,
+    F: Fn(Message<T>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), Failure>> + Send,
+{
+    async fn handle(&self, batch: Batch<T>) -> Outcomes {
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut failed_keys: Vec<String> = Vec::new();
+        for message in batch.messages {
+            if failed_keys.contains(&message.key) {
+                outcomes.push(Outcome::Retry(
+                    "held behind an earlier failure of its key".into(),
+                ));
+                continue;
+            }
+            let key = message.key.clone();
+            outcomes.push(match (self.0)(message).await {
+                Ok(()) => Outcome::Ack,
+                Err(Failure::Reject(reason)) => Outcome::Reject(reason),
+                Err(Failure::Retry(error)) => {
+                    failed_keys.push(key);
+                    Outcome::Retry(error)
+                }
+            });
+        }
+        Outcomes(outcomes)
+    }
+}

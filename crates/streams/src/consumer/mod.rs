@@ -47,7 +47,7 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-pub use handler::{Batch, Handler, Outcome, Outcomes};
+pub use handler::{Batch, Failure, Handler, Outcome, Outcomes, per_message};
 
 use crate::{
     Result,
@@ -121,6 +121,46 @@ fn default_consumer_name() -> String {
         .unwrap_or_else(|| "host".into());
     let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
     format!("{host}-{}-{suffix}", std::process::id())
+}
+
+/// Create `group` on every partition of a topic if it does not exist yet.
+///
+/// Consumers do this for the partitions they take, but a service should
+/// call it at startup: until a group exists, producers' backpressure and
+/// retention cannot account for it.
+pub async fn ensure_group(
+    client: &StreamsClient,
+    layout: &TopicLayout,
+    group: &str,
+    start_from: StartFrom,
+) -> Result<()> {
+    for keys in &layout.partitions {
+        ensure_partition_group(client, keys, group, start_from).await?;
+    }
+    Ok(())
+}
+
+pub(crate) async fn ensure_partition_group(
+    client: &StreamsClient,
+    keys: &crate::topic::PartitionKeys,
+    group: &str,
+    start_from: StartFrom,
+) -> Result<()> {
+    let start = match start_from {
+        StartFrom::Beginning => "0",
+        StartFrom::Latest => "$",
+    };
+    let cmd = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&keys.stream)
+        .arg(group)
+        .arg(start)
+        .arg("MKSTREAM")
+        .to_owned();
+    match client.query::<()>("create group", &cmd).await {
+        Err(crate::Error::Redis(err)) if err.code() == Some("BUSYGROUP") => Ok(()),
+        other => other,
+    }
 }
 
 /// The time until which this process may treat a lease as its own.
@@ -279,7 +319,12 @@ impl<T: Event, H: Handler<T>> Consumer<T, H> {
         let mut members: Vec<String> = self
             .shared
             .client
-            .eval("membership", &scripts::MEMBERSHIP, &cmd)
+            .eval_within(
+                "membership",
+                self.shared.config.heartbeat,
+                &scripts::MEMBERSHIP,
+                &cmd,
+            )
             .await?;
         members.sort();
         Ok(members)
@@ -323,7 +368,13 @@ impl<T: Event, H: Handler<T>> Consumer<T, H> {
         let keys = self.shared.layout.partition(partition)?;
         let mut cmd = evalsha(script, &[keys.lease(&self.shared.config.group)]);
         cmd.arg(owner).arg(ttl.as_millis() as u64);
-        let held: i64 = self.shared.client.eval("lease", script, &cmd).await?;
+        // Bounded by a heartbeat: one slow node must not delay the next
+        // round of renewals for the partitions on healthy nodes.
+        let held: i64 = self
+            .shared
+            .client
+            .eval_within("lease", self.shared.config.heartbeat, script, &cmd)
+            .await?;
         Ok(held == 1)
     }
 

@@ -28,7 +28,7 @@ use std::{
 use redis::{Value, cluster_async::ClusterConnection};
 use tokio_util::sync::CancellationToken;
 
-use super::{Handler, LeaseClock, Outcome, Shared, StartFrom, handler::Batch};
+use super::{Handler, LeaseClock, Outcome, Shared, handler::Batch};
 use crate::{
     Error, Result,
     client::{evalsha, retry},
@@ -114,6 +114,8 @@ struct Worker<T, H> {
     undead: Vec<DeadLetter>,
     next_maintenance: Instant,
     next_cleanup: Instant,
+    /// Set once the worker must not handle anything more.
+    fenced: bool,
     _payload: std::marker::PhantomData<fn() -> T>,
 }
 
@@ -146,6 +148,7 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
             undead: Vec::new(),
             next_maintenance: Instant::now(),
             next_cleanup: Instant::now(),
+            fenced: false,
             _payload: std::marker::PhantomData,
         };
         worker.ensure_group().await?;
@@ -203,6 +206,12 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
     async fn step(&mut self) -> Result<()> {
         self.flush().await?;
         let batch = self.next_batch().await?;
+        if !self.lease.is_valid() {
+            // The read outlived the lease (a failover, say). What it got
+            // stays pending here; the next owner claims and handles it.
+            self.fenced = true;
+            return Ok(());
+        }
         if !batch.is_empty() {
             self.process(batch).await?;
             self.flush().await?;
@@ -211,21 +220,13 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
     }
 
     async fn ensure_group(&self) -> Result<()> {
-        let start = match self.shared.config.start_from {
-            StartFrom::Beginning => "0",
-            StartFrom::Latest => "$",
-        };
-        let cmd = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(&self.keys.stream)
-            .arg(self.group())
-            .arg(start)
-            .arg("MKSTREAM")
-            .to_owned();
-        match self.shared.client.query::<()>("create group", &cmd).await {
-            Err(Error::Redis(err)) if err.code() == Some("BUSYGROUP") => Ok(()),
-            other => other,
-        }
+        super::ensure_partition_group(
+            &self.shared.client,
+            &self.keys,
+            self.group(),
+            self.shared.config.start_from,
+        )
+        .await
     }
 
     /// Claim every pending entry of the partition, whoever holds it, and

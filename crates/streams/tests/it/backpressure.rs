@@ -1,0 +1,219 @@
+use std::time::Duration;
+
+use streams::{BackpressureReason, Error, Inspector, Outgoing};
+
+use crate::common::*;
+
+/// A full partition refuses writes with a typed error and a retry hint;
+/// the refused tail can be sent again once consumers catch up, and order
+/// holds. Retention never removes what a group has not acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_partition_refuses_and_nothing_unacked_is_trimmed() {
+    let client = shared_client().await;
+    let mut config = topic_config(1);
+    config.capacity = 100;
+    config.retain_acked = Duration::ZERO;
+    let topic = topic(config);
+    let producer = producer(&client);
+
+    // Two groups exist; neither consumes yet.
+    for group in ["fast", "slow"] {
+        streams::ensure_group(
+            &client,
+            topic.layout(),
+            group,
+            streams::StartFrom::Beginning,
+        )
+        .await
+        .expect("create group");
+    }
+    let messages: Vec<Numbered> = (0..150)
+        .map(|seq| Numbered {
+            key: "k".into(),
+            seq,
+        })
+        .collect();
+    let results = producer
+        .send_batch(&topic, messages.iter().map(|m| Outgoing::new("k", m)))
+        .await
+        .expect("encode");
+    assert!(results[..100].iter().all(Result::is_ok));
+    for result in &results[100..] {
+        match result {
+            Err(Error::Backpressure(b)) => {
+                assert_eq!(b.partition, 0);
+                assert!(matches!(
+                    b.reason,
+                    BackpressureReason::PartitionFull { capacity: 100, .. }
+                ));
+                assert!(b.retry_after > Duration::ZERO);
+            }
+            other => panic!("expected backpressure, got {other:?}"),
+        }
+    }
+    let single = producer.send(&topic, "k", &messages[100]).await;
+    assert!(matches!(single, Err(Error::Backpressure(_))));
+
+    // The fast group consumes everything; the slow one nothing. Retention
+    // (acked entries older than 0 s) must keep all 100 for the slow group,
+    // and capacity stays exhausted because the slow group is the backlog.
+    let fast_log = Log::default();
+    let fast = Running::start(
+        &client,
+        &topic,
+        consumer_config("fast"),
+        recording("fast", &fast_log),
+    );
+    wait_until(Duration::from_secs(10), "fast group done", || async {
+        seen_count(&fast_log) == 100
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let inspector = Inspector::new(client.clone());
+    let report = inspector
+        .partition(topic.layout(), 0)
+        .await
+        .expect("report");
+    assert_eq!(
+        report.length, 100,
+        "nothing the slow group needs was trimmed"
+    );
+    assert_eq!(report.backlog, 100);
+    let slow = report
+        .groups
+        .iter()
+        .find(|g| g.name == "slow")
+        .expect("slow group");
+    assert_eq!(slow.lag_entries, 100);
+    assert!(producer.send(&topic, "k", &messages[100]).await.is_err());
+
+    // Once the slow group catches up, retention trims and room returns.
+    let slow_log = Log::default();
+    let slow = Running::start(
+        &client,
+        &topic,
+        consumer_config("slow"),
+        recording("slow", &slow_log),
+    );
+    wait_until(Duration::from_secs(10), "slow group done", || async {
+        seen_count(&slow_log) == 100
+    })
+    .await;
+    wait_until(
+        Duration::from_secs(10),
+        "retention trims acked entries",
+        || async {
+            inspector
+                .partition(topic.layout(), 0)
+                .await
+                .is_ok_and(|r| r.length == 0)
+        },
+    )
+    .await;
+    let rest = producer
+        .send_batch(
+            &topic,
+            messages[100..].iter().map(|m| Outgoing::new("k", m)),
+        )
+        .await
+        .expect("encode");
+    assert!(rest.iter().all(Result::is_ok));
+    wait_until(Duration::from_secs(10), "the rest consumed", || async {
+        seen_count(&fast_log) == 150 && seen_count(&slow_log) == 150
+    })
+    .await;
+    let expected: Vec<u64> = (0..150).collect();
+    assert_eq!(per_key(&fast_log)["k"], expected);
+    assert_eq!(per_key(&slow_log)["k"], expected);
+    fast.stop().await;
+    slow.stop().await;
+}
+
+/// The original system's loss: a `MAXLEN` trim deletes entries that are
+/// still pending. The runtime cannot prevent an operator's trim, but it
+/// notices: the next owner reports the lost entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_deleted_while_pending_are_reported() {
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    recorder.install().expect("install recorder");
+
+    let urls = test_support::shared_redis_urls();
+    let client = connect(urls.clone()).await;
+    let topic = topic(topic_config(1));
+    produce_numbered(&producer(&client), &topic, 1, 50).await;
+    // A consumer that takes a batch and dies holding it.
+    let stuck = {
+        move |batch: streams::Batch<Numbered>| async move {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            batch.ack_all()
+        }
+    };
+    let victim = Killable::start(urls, &topic, consumer_config("lossy"), stuck);
+    let inspector = Inspector::new(client.clone());
+    wait_until(
+        Duration::from_secs(10),
+        "entries pending with the victim",
+        || async {
+            inspector
+                .partition(topic.layout(), 0)
+                .await
+                .is_ok_and(|r| r.groups.first().is_some_and(|g| g.pending > 0))
+        },
+    )
+    .await;
+    victim.kill();
+    let mut conn = redis_connection().await;
+    let _: i64 = redis::cmd("XTRIM")
+        .arg(&topic.layout().partitions[0].stream)
+        .arg("MAXLEN")
+        .arg(0)
+        .query_async(&mut conn)
+        .await
+        .expect("trim");
+
+    let log = Log::default();
+    let survivor = Running::start(
+        &client,
+        &topic,
+        consumer_config("lossy"),
+        recording("survivor", &log),
+    );
+    wait_until(Duration::from_secs(10), "loss reported", || async {
+        unacked_trimmed(&snapshotter, topic.name()) == 50
+    })
+    .await;
+    survivor.stop().await;
+    assert_eq!(
+        seen_count(&log),
+        0,
+        "the deleted entries cannot be delivered"
+    );
+}
+
+fn unacked_trimmed(snapshotter: &metrics_util::debugging::Snapshotter, topic: &str) -> u64 {
+    snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(key, ..)| {
+            key.key().name() == "streams_unacked_trimmed_total"
+                && key
+                    .key()
+                    .labels()
+                    .any(|l| l.key() == "topic" && l.value() == topic)
+        })
+        .map(|(.., value)| match value {
+            metrics_util::debugging::DebugValue::Counter(n) => n,
+            _ => 0,
+        })
+        .sum()
+}
+
+async fn redis_connection() -> redis::cluster_async::ClusterConnection {
+    redis::cluster::ClusterClient::new(test_support::shared_redis_urls())
+        .expect("client")
+        .get_async_connection()
+        .await
+        .expect("connection")
+}

@@ -1,0 +1,245 @@
+//! Helpers shared by the integration tests.
+
+use std::{
+    future::Future,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use serde::{Deserialize, Serialize};
+use streams::{
+    Batch, ClientConfig, Consumer, ConsumerConfig, Event, Handler, Producer, ProducerConfig,
+    RetryPolicy, StreamsClient, Topic, TopicConfig,
+};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// A message that knows its place in its key's sequence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Numbered {
+    pub key: String,
+    pub seq: u64,
+}
+
+impl Event for Numbered {
+    const SCHEMA_VERSION: u32 = 1;
+}
+
+pub async fn connect(urls: Vec<String>) -> StreamsClient {
+    test_support::init_tracing();
+    StreamsClient::connect(ClientConfig::new(urls))
+        .await
+        .expect("connect to the test cluster")
+}
+
+pub async fn shared_client() -> StreamsClient {
+    connect(test_support::shared_redis_urls()).await
+}
+
+pub fn topic_config(partitions: u16) -> TopicConfig {
+    let mut config = TopicConfig::new(test_support::unique_name("t"), partitions);
+    config.retry = RetryPolicy {
+        min_delay: Duration::from_millis(50),
+        max_delay: Duration::from_millis(200),
+        factor: 2.0,
+    };
+    config.max_attempts = 3;
+    config.retain_acked = Duration::from_secs(3600);
+    config
+}
+
+pub fn topic(config: TopicConfig) -> Topic<Numbered> {
+    Topic::new(config).expect("valid topic")
+}
+
+/// Short leases and reads, so that tests see takeovers in seconds.
+pub fn consumer_config(group: &str) -> ConsumerConfig {
+    let mut config = ConsumerConfig::new(group).with_lease_ttl(Duration::from_millis(1500));
+    config.consumer_name = test_support::unique_name("c");
+    config.block = Duration::from_millis(100);
+    config.batch_size = 100;
+    config.maintenance_interval = Duration::from_millis(200);
+    config
+}
+
+pub fn producer(client: &StreamsClient) -> Producer {
+    Producer::new(client.clone(), ProducerConfig::default())
+}
+
+/// Send `count` messages for each of `keys` keys, interleaved, in batches.
+pub async fn produce_numbered(
+    producer: &Producer,
+    topic: &Topic<Numbered>,
+    keys: usize,
+    count: u64,
+) {
+    let messages: Vec<Numbered> = (0..count)
+        .flat_map(|seq| {
+            (0..keys).map(move |k| Numbered {
+                key: format!("key-{k}"),
+                seq,
+            })
+        })
+        .collect();
+    for chunk in messages.chunks(500) {
+        let results = producer
+            .send_batch(
+                topic,
+                chunk.iter().map(|m| streams::Outgoing::new(&m.key, m)),
+            )
+            .await
+            .expect("encode");
+        for r in results {
+            r.expect("send");
+        }
+    }
+}
+
+/// One processed message, as the recording handler saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    pub key: String,
+    pub seq: u64,
+    pub consumer: String,
+    pub partition: u16,
+    pub attempt: u32,
+    pub message_id: String,
+}
+
+pub type Log = Arc<Mutex<Vec<Seen>>>;
+
+/// A handler that records every message and acknowledges it.
+pub fn recording(consumer: &str, log: &Log) -> impl Handler<Numbered> + use<> {
+    let consumer = consumer.to_owned();
+    let log = log.clone();
+    move |batch: Batch<Numbered>| {
+        let consumer = consumer.clone();
+        let log = log.clone();
+        async move {
+            let outcomes = batch.ack_all();
+            record(&log, &consumer, &batch);
+            outcomes
+        }
+    }
+}
+
+pub fn record(log: &Log, consumer: &str, batch: &Batch<Numbered>) {
+    let mut log = log.lock().expect("log lock");
+    log.extend(batch.messages.iter().map(|m| Seen {
+        key: m.payload.key.clone(),
+        seq: m.payload.seq,
+        consumer: consumer.to_owned(),
+        partition: m.partition,
+        attempt: m.attempt,
+        message_id: m.id.clone(),
+    }));
+}
+
+/// A consumer running on the test's runtime, stopped gracefully.
+pub struct Running {
+    pub name: String,
+    shutdown: CancellationToken,
+    task: JoinHandle<streams::Result<()>>,
+}
+
+impl Running {
+    pub fn start<H: Handler<Numbered>>(
+        client: &StreamsClient,
+        topic: &Topic<Numbered>,
+        config: ConsumerConfig,
+        handler: H,
+    ) -> Self {
+        let name = config.consumer_name.clone();
+        let shutdown = CancellationToken::new();
+        let consumer = Consumer::new(client.clone(), topic, config, handler);
+        let task = tokio::spawn(consumer.run(shutdown.clone()));
+        Self {
+            name,
+            shutdown,
+            task,
+        }
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task
+            .await
+            .expect("consumer task")
+            .expect("consumer run");
+    }
+}
+
+/// A consumer on a runtime of its own, which can be killed: every task
+/// and connection of it vanishes at once, as in a crashed process.
+pub struct Killable {
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Killable {
+    pub fn start<H: Handler<Numbered>>(
+        urls: Vec<String>,
+        topic: &Topic<Numbered>,
+        config: ConsumerConfig,
+        handler: H,
+    ) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let topic = topic.clone();
+        runtime.spawn(async move {
+            let client = StreamsClient::connect(ClientConfig::new(urls))
+                .await
+                .expect("connect");
+            let consumer = Consumer::new(client, &topic, config, handler);
+            consumer.run(CancellationToken::new()).await
+        });
+        Self {
+            runtime: Some(runtime),
+        }
+    }
+
+    pub fn kill(mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Drop for Killable {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Poll `check` until it holds or `timeout` passes.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn seen_count(log: &Log) -> usize {
+    log.lock().expect("log lock").len()
+}
+
+/// Every key's sequence, in processing order.
+pub fn per_key(log: &Log) -> std::collections::BTreeMap<String, Vec<u64>> {
+    let mut out: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
+    for seen in log.lock().expect("log lock").iter() {
+        out.entry(seen.key.clone()).or_default().push(seen.seq);
+    }
+    out
+}

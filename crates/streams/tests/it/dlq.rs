@@ -1,0 +1,373 @@
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use streams::{
+    Batch, Outcomes,
+    inspect::{Direction, Inspector, Log as StreamLog},
+    redrive::{Selection, redrive},
+};
+
+use crate::common::*;
+
+/// A message whose handler always fails is delivered exactly
+/// `max_attempts` times, then dead-lettered with the reason; later messages
+/// of its key wait for it and then follow in order, other keys never wait.
+/// Redrive brings it back into the same partition, with an audit record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_message_goes_to_dlq_after_max_attempts_and_redrives() {
+    let client = shared_client().await;
+    let mut config = topic_config(2);
+    config.max_attempts = 4;
+    config.retry.min_delay = Duration::from_millis(300);
+    config.retry.max_delay = Duration::from_millis(300);
+    config.retry.factor = 1.0;
+    let topic = topic(config);
+    let producer = producer(&client);
+
+    let healed = Arc::new(AtomicBool::new(false));
+    let log = Log::default();
+    let attempts = Arc::new(Mutex::new(Vec::<(u64, u32, Instant)>::new()));
+    let handler = {
+        let (healed, log, attempts) = (healed.clone(), log.clone(), attempts.clone());
+        streams::per_message(move |m: streams::Message<Numbered>| {
+            let (healed, log, attempts) = (healed.clone(), log.clone(), attempts.clone());
+            async move {
+                if m.payload.key == "poison" && m.payload.seq == 0 {
+                    attempts
+                        .lock()
+                        .expect("lock")
+                        .push((m.payload.seq, m.attempt, Instant::now()));
+                    if !healed.load(Ordering::SeqCst) {
+                        return Err(streams::Failure::Retry("poison is poisonous".into()));
+                    }
+                }
+                record_one(&log, &m);
+                Ok(())
+            }
+        })
+    };
+    let consumer = Running::start(&client, &topic, consumer_config("dlq"), handler);
+
+    let poison: Vec<Numbered> = (0..3)
+        .map(|seq| Numbered {
+            key: "poison".into(),
+            seq,
+        })
+        .collect();
+    for m in &poison {
+        producer.send(&topic, &m.key, m).await.expect("send poison");
+    }
+    let started = Instant::now();
+    produce_numbered(&producer, &topic, 8, 20).await;
+    wait_until(Duration::from_secs(10), "healthy keys", || async {
+        per_key(&log)
+            .iter()
+            .filter(|(k, _)| k.starts_with("key-"))
+            .map(|(_, v)| v.len())
+            .sum::<usize>()
+            == 160
+    })
+    .await;
+    let healthy_done = started.elapsed();
+    wait_until(Duration::from_secs(10), "poison dead-lettered", || async {
+        per_key(&log).get("poison").is_some_and(|s| s.len() == 2)
+    })
+    .await;
+    assert!(
+        healthy_done < Duration::from_millis(900),
+        "other keys waited for the poison key: {healthy_done:?}"
+    );
+
+    let tries = attempts.lock().expect("lock").clone();
+    let numbers: Vec<u32> = tries.iter().map(|t| t.1).collect();
+    assert_eq!(numbers, [1, 2, 3, 4], "exactly max_attempts deliveries");
+    for pair in tries.windows(2) {
+        assert!(
+            pair[1].2 - pair[0].2 >= Duration::from_millis(280),
+            "backoff respected"
+        );
+    }
+    assert_eq!(
+        per_key(&log)["poison"],
+        [1, 2],
+        "followers of the poison key ran after it, in order"
+    );
+
+    let partition = topic.partition_for("poison");
+    let inspector = Inspector::new(client.clone());
+    let dlq = inspector
+        .browse(
+            topic.layout(),
+            partition,
+            StreamLog::Dlq,
+            Direction::Forward,
+            None,
+            10,
+        )
+        .await
+        .expect("browse dlq");
+    assert_eq!(dlq.entries.len(), 1);
+    let dead = &dlq.entries[0];
+    assert_eq!(dead.field_str("dlq.reason"), Some("max_attempts"));
+    assert_eq!(dead.field_str("dlq.error"), Some("poison is poisonous"));
+    assert_eq!(dead.field_str("dlq.attempts"), Some("4"));
+    assert_eq!(dead.field_str("dlq.group"), Some("dlq"));
+    assert_eq!(dead.key(), "poison");
+    let origin = dead.field_str("dlq.origin").expect("origin").to_owned();
+    // Acknowledged by its only group, so deleted from the stream.
+    assert!(
+        inspector
+            .entry(
+                topic.layout(),
+                partition,
+                StreamLog::Stream,
+                origin.parse().expect("id")
+            )
+            .await
+            .expect("lookup")
+            .is_none()
+    );
+
+    healed.store(true, Ordering::SeqCst);
+    let report = redrive(
+        &client,
+        topic.layout(),
+        partition,
+        Selection::All,
+        "test-admin",
+    )
+    .await
+    .expect("redrive");
+    assert_eq!(report.replayed, 1);
+    wait_until(
+        Duration::from_secs(10),
+        "redriven poison handled",
+        || async { per_key(&log)["poison"].len() == 3 },
+    )
+    .await;
+    let replayed = log
+        .lock()
+        .expect("lock")
+        .iter()
+        .rfind(|s| s.key == "poison" && s.seq == 0)
+        .cloned()
+        .expect("replayed message");
+    assert_eq!(replayed.partition, partition);
+    assert_eq!(replayed.message_id, dead.message_id());
+    assert_eq!(
+        replayed.attempt, 5,
+        "attempts carried over from the first life"
+    );
+    let audit = inspector
+        .browse(
+            topic.layout(),
+            partition,
+            StreamLog::Audit,
+            Direction::Forward,
+            None,
+            10,
+        )
+        .await
+        .expect("audit");
+    assert_eq!(audit.entries.len(), 1);
+    assert_eq!(audit.entries[0].field_str("actor"), Some("test-admin"));
+    assert_eq!(audit.entries[0].field_str("origin"), Some(origin.as_str()));
+    let dlq_after = inspector
+        .browse(
+            topic.layout(),
+            partition,
+            StreamLog::Dlq,
+            Direction::Forward,
+            None,
+            10,
+        )
+        .await
+        .expect("browse dlq");
+    assert!(dlq_after.entries.is_empty());
+    consumer.stop().await;
+}
+
+/// A handler's permanent rejection dead-letters at once; a redrive of a
+/// range replays in order and reaches only the group that failed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_messages_redrive_in_order_to_their_group_only() {
+    let client = shared_client().await;
+    let topic = topic(topic_config(1));
+    let producer = producer(&client);
+    let healed = Arc::new(AtomicBool::new(false));
+    let picky_log = Log::default();
+    let other_log = Log::default();
+    let picky = {
+        let (healed, log) = (healed.clone(), picky_log.clone());
+        move |batch: Batch<Numbered>| {
+            let (healed, log) = (healed.clone(), log.clone());
+            async move {
+                let mut outcomes = batch.ack_all();
+                for (i, m) in batch.messages.iter().enumerate() {
+                    if m.payload.key == "odd" && !healed.load(Ordering::SeqCst) {
+                        outcomes.reject(i, "odd is not welcome");
+                    }
+                }
+                record_acked(&log, &batch, &outcomes);
+                outcomes
+            }
+        }
+    };
+    let a = Running::start(&client, &topic, consumer_config("picky"), picky);
+    let b = Running::start(
+        &client,
+        &topic,
+        consumer_config("other"),
+        recording("other", &other_log),
+    );
+    let odd: Vec<Numbered> = (0..5)
+        .map(|seq| Numbered {
+            key: "odd".into(),
+            seq,
+        })
+        .collect();
+    for m in &odd {
+        producer.send(&topic, &m.key, m).await.expect("send");
+    }
+    wait_until(Duration::from_secs(10), "five dead letters", || async {
+        let inspector = Inspector::new(client.clone());
+        inspector
+            .partition(topic.layout(), 0)
+            .await
+            .is_ok_and(|r| r.dlq_length == 5)
+    })
+    .await;
+    wait_until(Duration::from_secs(10), "other group done", || async {
+        seen_count(&other_log) == 5
+    })
+    .await;
+
+    let inspector = Inspector::new(client.clone());
+    let dlq = inspector
+        .browse(
+            topic.layout(),
+            0,
+            StreamLog::Dlq,
+            Direction::Forward,
+            None,
+            10,
+        )
+        .await
+        .expect("dlq");
+    assert!(
+        dlq.entries
+            .iter()
+            .all(|e| e.field_str("dlq.reason") == Some("rejected"))
+    );
+    healed.store(true, Ordering::SeqCst);
+    let report = redrive(
+        &client,
+        topic.layout(),
+        0,
+        Selection::Range {
+            from: dlq.entries[1].entry_id,
+            to: dlq.entries[3].entry_id,
+        },
+        "test",
+    )
+    .await
+    .expect("redrive range");
+    assert_eq!(report.replayed, 3);
+    wait_until(Duration::from_secs(10), "replays handled", || async {
+        seen_count(&picky_log) == 3
+    })
+    .await;
+    assert_eq!(per_key(&picky_log)["odd"], [1, 2, 3]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        seen_count(&other_log),
+        5,
+        "the other group does not see the replays"
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+/// With dedupe markers on, a message sent twice with the same id (a
+/// producer retry) is handled once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedupe_markers_skip_a_resent_message() {
+    let client = shared_client().await;
+    let topic = topic(topic_config(2));
+    let producer = producer(&client);
+    let log = Log::default();
+    let mut config = consumer_config("dedupe");
+    config.dedupe_ttl = Some(Duration::from_secs(60));
+    let consumer = Running::start(&client, &topic, config, recording("dedupe", &log));
+    let m = Numbered {
+        key: "k".into(),
+        seq: 7,
+    };
+    let message = streams::Outgoing::new("k", &m).with_id("fixed-id-1");
+    producer
+        .send_batch(&topic, [message])
+        .await
+        .expect("encode")[0]
+        .as_ref()
+        .expect("send");
+    wait_until(Duration::from_secs(10), "first delivery", || async {
+        seen_count(&log) == 1
+    })
+    .await;
+    producer
+        .send_batch(&topic, [message])
+        .await
+        .expect("encode")[0]
+        .as_ref()
+        .expect("send again");
+    producer
+        .send(
+            &topic,
+            "k",
+            &Numbered {
+                key: "k".into(),
+                seq: 8,
+            },
+        )
+        .await
+        .expect("send next");
+    wait_until(Duration::from_secs(10), "the next message", || async {
+        per_key(&log).get("k").is_some_and(|s| s.contains(&8))
+    })
+    .await;
+    assert_eq!(per_key(&log)["k"], [7, 8], "the resent message was skipped");
+    consumer.stop().await;
+}
+
+fn record_one(log: &Log, m: &streams::Message<Numbered>) {
+    log.lock().expect("log lock").push(Seen {
+        key: m.payload.key.clone(),
+        seq: m.payload.seq,
+        consumer: String::new(),
+        partition: m.partition,
+        attempt: m.attempt,
+        message_id: m.id.clone(),
+    });
+}
+
+/// Record only the messages acknowledged in this batch.
+fn record_acked(log: &Log, batch: &Batch<Numbered>, outcomes: &Outcomes) {
+    let mut log = log.lock().expect("log lock");
+    for (m, outcome) in batch.messages.iter().zip(&outcomes.0) {
+        if *outcome == streams::Outcome::Ack {
+            log.push(Seen {
+                key: m.payload.key.clone(),
+                seq: m.payload.seq,
+                consumer: String::new(),
+                partition: m.partition,
+                attempt: m.attempt,
+                message_id: m.id.clone(),
+            });
+        }
+    }
+}
