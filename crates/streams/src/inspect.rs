@@ -410,9 +410,10 @@ impl Inspector {
     }
 
     /// Entries of the topic's streams and DLQs whose `field` equals `value`.
-    /// `field` is an entry field (`key`, `id`, `dlq.reason`, ...) or
-    /// `data.<path>` for a value inside the JSON payload (dots separate
-    /// object keys). A search by `key` reads only the key's partition.
+    /// `field` is `key` or `id` (from `meta`), another entry field
+    /// (`dlq.reason`, ...), or `data.<path>` for a value inside the JSON
+    /// payload (dots separate object keys). A search by `key` reads only
+    /// the key's partition.
     /// At most `scan_limit` entries are read per stream, newest first.
     pub async fn search(
         &self,
@@ -421,7 +422,7 @@ impl Inspector {
         value: &str,
         scan_limit: usize,
     ) -> Result<Vec<Found>> {
-        let partitions: Vec<u16> = if field == crate::envelope::fields::KEY {
+        let partitions: Vec<u16> = if field == "key" {
             vec![layout.partition_for(value)]
         } else {
             layout.partitions.iter().map(|p| p.index).collect()
@@ -465,6 +466,11 @@ impl Inspector {
 }
 
 fn matches_field(entry: &RawEntry, field: &str, value: &str) -> bool {
+    match field {
+        "key" => return entry.meta.as_ref().is_ok_and(|m| m.key == value),
+        "id" => return entry.meta.as_ref().is_ok_and(|m| m.message_id == value),
+        _ => {}
+    }
     match field.strip_prefix("data.") {
         Some(path) => entry
             .field(crate::envelope::fields::DATA)
@@ -474,7 +480,8 @@ fn matches_field(entry: &RawEntry, field: &str, value: &str) -> bool {
                     .try_fold(&json, |node, key| node.get(key))
                     .map(|found| match found {
                         serde_json::Value::String(s) => s == value,
-                        other => *other == value,
+                        other => serde_json::from_str::<serde_json::Value>(value)
+                            .is_ok_and(|v| v == *other),
                     })
             })
             .unwrap_or(false),
@@ -509,18 +516,21 @@ mod tests {
 
     #[test]
     fn field_search_reads_envelope_and_payload_paths() {
-        let entry = RawEntry {
-            entry_id: EntryId { ms: 1, seq: 0 },
-            fields: vec![
-                ("key".into(), b"2104.12255".to_vec()),
+        let entry = RawEntry::new(
+            EntryId { ms: 1, seq: 0 },
+            vec![
+                ("meta".into(), b"m9 1 0 0 2104.12255".to_vec()),
                 (
                     "data".into(),
                     br#"{"paper":{"id":"2104.12255","version":2}}"#.to_vec(),
                 ),
+                ("dlq.reason".into(), b"rejected".to_vec()),
             ],
-        };
+        );
         assert!(matches_field(&entry, "key", "2104.12255"));
         assert!(!matches_field(&entry, "key", "2104.1225"));
+        assert!(matches_field(&entry, "id", "m9"));
+        assert!(matches_field(&entry, "dlq.reason", "rejected"));
         assert!(matches_field(&entry, "data.paper.id", "2104.12255"));
         assert!(matches_field(&entry, "data.paper.version", "2"));
         assert!(!matches_field(&entry, "data.paper.missing", "2"));

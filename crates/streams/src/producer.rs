@@ -20,7 +20,7 @@ use redis::Value;
 use crate::{
     Backpressure, BackpressureReason, Error, Result,
     client::{StreamsClient, evalsha},
-    envelope::{ENCODED_WIDTH, Encoded, EntryId, Event, encode},
+    envelope::{Encoded, EntryId, Event},
     error::is_out_of_memory,
     metrics, scripts,
     topic::{Topic, TopicLayout},
@@ -131,7 +131,7 @@ impl Producer {
         let mut count = 0;
         for (index, message) in messages.into_iter().enumerate() {
             let partition = layout.partition_for(message.key);
-            let encoded = encode(message.key, message.payload, message.message_id, now)?;
+            let encoded = Encoded::new(message.key, message.payload, message.message_id, now)?;
             per_partition[usize::from(partition)].push((index, encoded));
             count = index + 1;
         }
@@ -172,7 +172,7 @@ impl Producer {
                         out.push((
                             *index,
                             Ok(Sent {
-                                message_id: encoded.message_id.clone(),
+                                message_id: encoded.message_id().to_owned(),
                                 partition,
                                 entry_id,
                             }),
@@ -212,10 +212,9 @@ impl Producer {
     ) -> Result<Vec<EntryId>> {
         let keys = layout.partition(partition)?;
         let mut cmd = evalsha(&scripts::PRODUCE, &[&keys.stream]);
-        cmd.arg(layout.config.capacity).arg(ENCODED_WIDTH);
+        cmd.arg(layout.config.capacity).arg(Encoded::WIDTH);
         for (_, encoded) in chunk {
-            debug_assert_eq!(encoded.args.len(), ENCODED_WIDTH);
-            cmd.arg(&encoded.args);
+            encoded.write_fields(&mut cmd);
         }
         let reply: Value = match self.config.durability {
             Durability::Master => self.client.eval("produce", &scripts::PRODUCE, &cmd).await,

@@ -213,15 +213,20 @@ for _, e in ipairs(entries) do
   local f = e[2]
   for i = 1, #f, 2 do
     local name = f[i]
-    if string.sub(name, 1, 4) == 'dlq.' then
-      meta[name] = f[i + 1]
-    elseif name ~= 'att' and name ~= 'grp' then
+    if string.sub(name, 1, 4) == 'dlq.' then meta[name] = f[i + 1] end
+  end
+  for i = 1, #f, 2 do
+    local name, value = f[i], f[i + 1]
+    if name == 'meta' then
+      -- Carry the attempts spent so far: `id ver ts attempts key`.
+      local id, ver, ts, _, key = string.match(value, '^(%S+) (%S+) (%S+) (%S+) (.*)$')
+      if id then value = id .. ' ' .. ver .. ' ' .. ts .. ' ' .. (meta['dlq.attempts'] or '0') .. ' ' .. key end
+    end
+    if string.sub(name, 1, 4) ~= 'dlq.' and name ~= 'grp' then
       args[#args + 1] = name
-      args[#args + 1] = f[i + 1]
+      args[#args + 1] = value
     end
   end
-  args[#args + 1] = 'att'
-  args[#args + 1] = meta['dlq.attempts'] or '0'
   args[#args + 1] = 'grp'
   args[#args + 1] = meta['dlq.group'] or ''
   local new_id = redis.call('XADD', unpack(args))

@@ -35,7 +35,8 @@ pub enum Outcome {
     Reject(String),
 }
 
-/// One outcome per message of a batch, by position.
+/// One outcome per message of a batch, by position. Messages without an
+/// outcome (a vector that is too short) count as failed, never as done.
 ///
 /// Ordering contract: once a message of a key gets `Retry`, the runtime
 /// holds back every later message of that key (in this batch and after)
@@ -63,14 +64,6 @@ impl Outcomes {
         if let Some(slot) = self.0.get_mut(index) {
             *slot = outcome;
         }
-    }
-
-    /// The outcome at `index`; a handler that returned too few counts as
-    /// having failed the rest, never as having acknowledged them.
-    pub(crate) fn get(&self, index: usize) -> Outcome {
-        self.0.get(index).cloned().unwrap_or_else(|| {
-            Outcome::Retry("handler returned no outcome for this message".into())
-        })
     }
 }
 

@@ -39,6 +39,8 @@ use crate::{
     topic::PartitionKeys,
 };
 
+type AckTask = tokio::task::JoinHandle<Result<usize, (Vec<(EntryId, Option<String>)>, Error)>>;
+
 /// An entry this worker holds: delivered to it, not yet acknowledged.
 #[derive(Debug)]
 struct Held {
@@ -108,9 +110,10 @@ struct Worker<T, H> {
     timers: BinaryHeap<Reverse<(Instant, String)>>,
     /// Entries to deliver before reading anything new, oldest first.
     ready: VecDeque<Held>,
-    /// Acknowledgements not yet confirmed by Redis: `(entry, message id to
-    /// mark as processed)`.
+    /// Acknowledgements not yet sent: `(entry, message id to mark as
+    /// processed)`.
     unacked: Vec<(EntryId, Option<String>)>,
+    acks_in_flight: Option<AckTask>,
     undead: Vec<DeadLetter>,
     next_maintenance: Instant,
     next_cleanup: Instant,
@@ -145,6 +148,7 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
             timers: BinaryHeap::new(),
             ready: VecDeque::new(),
             unacked: Vec::new(),
+            acks_in_flight: None,
             undead: Vec::new(),
             next_maintenance: Instant::now(),
             next_cleanup: Instant::now(),
@@ -204,7 +208,7 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
     }
 
     async fn step(&mut self) -> Result<()> {
-        self.flush().await?;
+        self.flush_dead_letters().await?;
         let batch = self.next_batch().await?;
         if !self.lease.is_valid() {
             // The read outlived the lease (a failover, say). What it got
@@ -214,7 +218,9 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
         }
         if !batch.is_empty() {
             self.process(batch).await?;
-            self.flush().await?;
+            self.flush_dead_letters().await?;
+            self.settle_acks().await?;
+            self.start_acks();
         }
         self.maintain_if_due().await
     }
@@ -305,6 +311,8 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
     /// never arrived. They are pending with this consumer but held nowhere;
     /// take them back so they are not stranded until the next takeover.
     async fn adopt_orphans(&mut self) -> Result<()> {
+        // Acknowledgements in flight count as held; wait for them first.
+        let _ = self.settle_acks().await;
         let counts = self.own_pending_counts().await?;
         let held: HashSet<EntryId> = self
             .ready
@@ -553,28 +561,33 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
                 .record(started.elapsed().as_secs_f64());
             outcomes
         };
+        let mut outcomes = outcomes.0.into_iter();
         let mut failed_keys: HashSet<String> = HashSet::new();
-        for (index, held) in delivered.into_iter().enumerate() {
-            let key = held.raw.key().to_owned();
-            if failed_keys.contains(&key) {
+        for held in delivered {
+            let outcome = outcomes.next().unwrap_or_else(|| {
+                Outcome::Retry("handler returned no outcome for this message".into())
+            });
+            if !failed_keys.is_empty() && failed_keys.contains(held.raw.key()) {
+                let key = held.raw.key().to_owned();
                 self.hold_behind(&key, held);
                 continue;
             }
-            match outcomes.get(index) {
+            match outcome {
                 Outcome::Ack => {
+                    self.release_if_head(held.raw.key());
                     let mark = dedupe.then(|| held.raw.message_id().to_owned());
                     self.unacked.push((held.raw.entry_id, mark));
-                    self.release_if_head(&key);
                 }
                 Outcome::Reject(reason) => {
+                    self.release_if_head(held.raw.key());
                     self.dead_letter(&held, "rejected", reason);
-                    self.release_if_head(&key);
                 }
                 Outcome::Retry(error) if held.deliveries >= max_attempts => {
+                    self.release_if_head(held.raw.key());
                     self.dead_letter(&held, "max_attempts", error);
-                    self.release_if_head(&key);
                 }
                 Outcome::Retry(error) => {
+                    let key = held.raw.key().to_owned();
                     tracing::debug!(partition = self.partition(), %key, attempt = held.deliveries, %error, "will retry");
                     let wait = self.shared.layout.config.retry.delay_after(held.deliveries);
                     let blocked = self.blocked.entry(key.clone()).or_default();
@@ -600,7 +613,7 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
 
     /// A retried message of a blocked key is done: let the rest follow.
     fn release_if_head(&mut self, key: &str) {
-        if self.blocked.get(key).is_some_and(|b| b.retrying) {
+        if !self.blocked.is_empty() && self.blocked.get(key).is_some_and(|b| b.retrying) {
             self.unblock(key.to_owned());
         }
     }
@@ -620,11 +633,7 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
             %error,
             "moving message to the DLQ"
         );
-        let earlier: u32 = held
-            .raw
-            .field_str(crate::envelope::fields::ATTEMPTS)
-            .and_then(|a| a.parse().ok())
-            .unwrap_or(0);
+        let earlier = held.raw.meta.as_ref().map(|m| m.attempts).unwrap_or(0);
         self.undead.push(DeadLetter {
             entry_id: held.raw.entry_id,
             reason,
@@ -649,9 +658,16 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
             .collect())
     }
 
-    /// Send the acknowledgements and dead letters decided so far. Whatever
-    /// fails stays queued for the next attempt.
+    /// Send the dead letters and acknowledgements decided so far, and wait
+    /// for them. Whatever fails stays queued for the next attempt.
     async fn flush(&mut self) -> Result<()> {
+        self.flush_dead_letters().await?;
+        self.settle_acks().await?;
+        self.start_acks();
+        self.settle_acks().await
+    }
+
+    async fn flush_dead_letters(&mut self) -> Result<()> {
         while let Some(dead) = self.undead.first() {
             let mut cmd = evalsha(&scripts::DEAD_LETTER, &[&self.keys.stream, &self.keys.dlq]);
             cmd.arg(self.group())
@@ -676,40 +692,50 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
             self.metrics.dead_lettered(dead.reason);
             self.undead.remove(0);
         }
+        Ok(())
+    }
+
+    /// Send the queued acknowledgements without waiting: the next read
+    /// overlaps with them. [`Self::settle_acks`] collects the result.
+    fn start_acks(&mut self) {
         if self.unacked.is_empty() {
-            return Ok(());
+            return;
         }
-        let ids: Vec<EntryId> = self.unacked.iter().map(|(id, _)| *id).collect();
-        let marks: Vec<String> = self
-            .unacked
+        let batch = std::mem::take(&mut self.unacked);
+        let client = self.shared.client.clone();
+        let stream = self.keys.stream.clone();
+        let group = self.group().to_owned();
+        let marks: Vec<String> = batch
             .iter()
             .filter_map(|(_, mark)| mark.as_deref())
-            .map(|id| self.keys.dedupe(self.group(), id))
+            .map(|id| self.keys.dedupe(&group, id))
             .collect();
-        match self.shared.config.dedupe_ttl {
-            Some(ttl) if !marks.is_empty() => {
-                let mut keys = Vec::with_capacity(marks.len() + 1);
-                keys.push(self.keys.stream.clone());
-                keys.extend(marks);
-                let mut cmd = evalsha(&scripts::ACK_AND_MARK, &keys);
-                cmd.arg(self.group()).arg(ttl.as_millis() as u64).arg(&ids);
-                self.shared
-                    .client
-                    .eval::<i64>("ack and mark", &scripts::ACK_AND_MARK, &cmd)
-                    .await?;
+        let ttl = self.shared.config.dedupe_ttl;
+        self.acks_in_flight = Some(tokio::spawn(async move {
+            let ids: Vec<EntryId> = batch.iter().map(|(id, _)| *id).collect();
+            match send_acks(&client, stream, &group, &ids, marks, ttl).await {
+                Ok(()) => Ok(ids.len()),
+                Err(err) => Err((batch, err)),
             }
-            _ => {
-                let cmd = redis::cmd("XACK")
-                    .arg(&self.keys.stream)
-                    .arg(self.group())
-                    .arg(&ids)
-                    .to_owned();
-                self.shared.client.query::<i64>("ack", &cmd).await?;
+        }));
+    }
+
+    /// Wait for the acknowledgements in flight; on failure queue them again.
+    async fn settle_acks(&mut self) -> Result<()> {
+        let Some(task) = self.acks_in_flight.take() else {
+            return Ok(());
+        };
+        match task.await {
+            Ok(Ok(count)) => {
+                self.metrics.acked.increment(count as u64);
+                Ok(())
             }
+            Ok(Err((batch, err))) => {
+                self.unacked.splice(0..0, batch);
+                Err(err)
+            }
+            Err(join) => Err(Error::protocol("ack", join.to_string())),
         }
-        self.metrics.acked.increment(ids.len() as u64);
-        self.unacked.clear();
-        Ok(())
     }
 
     async fn maintain_if_due(&mut self) -> Result<()> {
@@ -787,6 +813,37 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
         }
         Ok(())
     }
+}
+
+async fn send_acks(
+    client: &crate::StreamsClient,
+    stream: String,
+    group: &str,
+    ids: &[EntryId],
+    marks: Vec<String>,
+    dedupe_ttl: Option<Duration>,
+) -> Result<()> {
+    match dedupe_ttl {
+        Some(ttl) if !marks.is_empty() => {
+            let mut keys = Vec::with_capacity(marks.len() + 1);
+            keys.push(stream);
+            keys.extend(marks);
+            let mut cmd = evalsha(&scripts::ACK_AND_MARK, &keys);
+            cmd.arg(group).arg(ttl.as_millis() as u64).arg(ids);
+            client
+                .eval::<i64>("ack and mark", &scripts::ACK_AND_MARK, &cmd)
+                .await?;
+        }
+        _ => {
+            let cmd = redis::cmd("XACK")
+                .arg(stream)
+                .arg(group)
+                .arg(ids)
+                .to_owned();
+            client.query::<i64>("ack", &cmd).await?;
+        }
+    }
+    Ok(())
 }
 
 fn parse_id(id: &str) -> Result<EntryId> {

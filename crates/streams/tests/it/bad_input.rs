@@ -39,21 +39,10 @@ async fn undecodable_entries_are_dead_lettered_and_the_consumer_goes_on() {
         .expect("connection");
     let raw_entries: [&[(&str, &str)]; 3] = [
         &[
-            ("id", "future"),
-            ("key", "k"),
-            ("ver", "99"),
-            ("ts", "0"),
-            ("att", "0"),
+            ("meta", "future 99 0 0 k"),
             ("data", r#"{"key":"k","seq":1}"#),
         ],
-        &[
-            ("id", "garbage"),
-            ("key", "k"),
-            ("ver", "1"),
-            ("ts", "0"),
-            ("att", "0"),
-            ("data", "{not json"),
-        ],
+        &[("meta", "garbage 1 0 0 k"), ("data", "{not json")],
         &[("hello", "world")],
     ];
     for fields in raw_entries {
@@ -110,12 +99,12 @@ async fn undecodable_entries_are_dead_lettered_and_the_consumer_goes_on() {
             )
         })
         .collect();
-    assert_eq!(reasons[0].0, "unknown_schema");
+    assert_eq!(reasons[0].0, "unknown_schema", "{reasons:?}");
     assert!(reasons[0].1.contains("99"), "{}", reasons[0].1);
     assert_eq!(reasons[1].0, "decode_error");
     assert!(reasons[1].1.contains("payload"), "{}", reasons[1].1);
     assert_eq!(reasons[2].0, "decode_error");
-    assert!(reasons[2].1.contains("no field"), "{}", reasons[2].1);
+    assert!(reasons[2].1.contains("no field `meta`"), "{}", reasons[2].1);
     assert_eq!(per_key(&log)["k"], [0, 1]);
     consumer.stop().await;
 }
