@@ -46,7 +46,7 @@ pub struct ProducerConfig {
 impl Default for ProducerConfig {
     fn default() -> Self {
         Self {
-            max_batch: 500,
+            max_batch: 1000,
             durability: Durability::Master,
         }
     }

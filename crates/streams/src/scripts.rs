@@ -94,9 +94,17 @@ local room = capacity - used
 if room < count then count = math.max(room, 0) end
 local reply = {used}
 local pos = 3
-for _ = 1, count do
-  reply[#reply + 1] = redis.call('XADD', stream, '*', unpack(ARGV, pos, pos + width - 1))
-  pos = pos + width
+if width == 4 then
+  -- The envelope's shape: skip building an argument table per entry.
+  for i = 1, count do
+    reply[i + 1] = redis.call('XADD', stream, '*', ARGV[pos], ARGV[pos + 1], ARGV[pos + 2], ARGV[pos + 3])
+    pos = pos + 4
+  end
+else
+  for i = 1, count do
+    reply[i + 1] = redis.call('XADD', stream, '*', unpack(ARGV, pos, pos + width - 1))
+    pos = pos + width
+  end
 end
 return reply
 "#,
