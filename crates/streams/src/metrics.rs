@@ -11,12 +11,13 @@
 //! | `streams_reclaimed_total` | counter | topic, group, partition |
 //! | `streams_duplicates_skipped_total` | counter | topic, group, partition |
 //! | `streams_trimmed_total` | counter | topic, partition (acknowledged entries removed by retention) |
-//! | `streams_unacked_trimmed_total` | counter | topic, group, partition (pending entries found deleted from the stream; must stay 0) |
+//! | `streams_unacked_trimmed_total` | counter | topic, group, partition (entries removed before the group acknowledged them, found pending or unread; must stay 0) |
 //! | `streams_handler_seconds` | histogram | topic, group |
 //! | `streams_lag_entries` | gauge | topic, group, partition |
 //! | `streams_lag_seconds` | gauge | topic, group, partition |
 //! | `streams_pending` | gauge | topic, group, partition |
 //! | `streams_partition_owned` | gauge | topic, group, partition (1 in the owning process) |
+//! | `streams_placement_balanced` | gauge | topic (1 when partitions spread evenly over the masters) |
 
 use metrics::{
     Counter, Gauge, Histogram, counter, describe_counter, describe_gauge, describe_histogram,

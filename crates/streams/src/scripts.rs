@@ -151,15 +151,18 @@ return dlq_id
 ///
 /// KEYS[1] stream. ARGV[1] cutoff id, ARGV[2] group whose figures to
 /// report, ARGV[3] `1` when the server supports `XTRIM ... ACKED`.
-/// Returns `{trimmed, lag, pending, oldest_unacked_id or '', now_ms}`.
+/// Returns `{trimmed, lag, pending, oldest_unacked_id or '', now_ms,
+/// missing}`, where `missing` counts entries the group never received
+/// because something else removed them first: Redis counts them in the lag
+/// (entries added minus entries read) but they are no longer stored.
 pub static MAINTAIN: LazyLock<Script> = LazyLock::new(|| {
     stream_script(
         r#"
 local stream = KEYS[1]
 local now = now_ms()
-if redis.call('EXISTS', stream) == 0 then return {0, 0, 0, '', now} end
+if redis.call('EXISTS', stream) == 0 then return {0, 0, 0, '', now, 0} end
 local floor = ARGV[1]
-local lag, pending, oldest = 0, 0, ''
+local lag, pending, oldest, missing = 0, 0, '', 0
 local groups = groups_of(stream)
 for _, g in ipairs(groups) do
   local summary = redis.call('XPENDING', stream, g['name'])
@@ -171,6 +174,10 @@ for _, g in ipairs(groups) do
     if type(g['lag']) == 'number' then lag = g['lag'] else lag = redis.call('XLEN', stream) end
     local entry = redis.call('XRANGE', stream, first, '+', 'COUNT', 1)[1]
     if summary[1] > 0 then oldest = first elseif entry then oldest = entry[1] end
+    local len = redis.call('XLEN', stream)
+    local head = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
+    local unread_only = head == nil or id_cmp(head[1], g['last-delivered-id']) > 0
+    if type(g['lag']) == 'number' and unread_only and g['lag'] > len then missing = g['lag'] - len end
   end
 end
 local trimmed = 0
@@ -181,7 +188,7 @@ if #groups > 0 then
     trimmed = redis.call('XTRIM', stream, 'MINID', floor)
   end
 end
-return {trimmed, lag, pending, oldest, now}
+return {trimmed, lag, pending, oldest, now, missing}
 "#,
     )
 });

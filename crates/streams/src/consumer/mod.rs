@@ -264,6 +264,13 @@ impl<T: Event, H: Handler<T>> Consumer<T, H> {
             consumer = %self.shared.config.consumer_name,
             "consumer starting"
         );
+        match self.shared.client.placement(&self.shared.layout).await {
+            Ok(placement) => {
+                metrics::gauge!("streams_placement_balanced", "topic" => placement.topic.clone())
+                    .set(if placement.is_balanced() { 1.0 } else { 0.0 });
+            }
+            Err(err) => tracing::warn!(%err, "could not check the partitions' placement"),
+        }
         let mut ticker = tokio::time::interval(self.shared.config.heartbeat);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -21,6 +21,7 @@
 use std::{
     cmp::Reverse,
     collections::{BinaryHeap, HashMap, HashSet, VecDeque},
+    panic::AssertUnwindSafe,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -28,7 +29,9 @@ use std::{
 use redis::{Value, cluster_async::ClusterConnection};
 use tokio_util::sync::CancellationToken;
 
-use super::{Handler, LeaseClock, Outcome, Shared, handler::Batch};
+use futures_util::FutureExt;
+
+use super::{Handler, LeaseClock, Outcome, Outcomes, Shared, handler::Batch};
 use crate::{
     Error, Result,
     client::{evalsha, retry},
@@ -119,6 +122,8 @@ struct Worker<T, H> {
     next_cleanup: Instant,
     /// Set once the worker must not handle anything more.
     fenced: bool,
+    /// Undelivered entries found missing and already counted as lost.
+    missing_reported: u64,
     _payload: std::marker::PhantomData<fn() -> T>,
 }
 
@@ -153,6 +158,7 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
             next_maintenance: Instant::now(),
             next_cleanup: Instant::now(),
             fenced: false,
+            missing_reported: 0,
             _payload: std::marker::PhantomData,
         };
         worker.ensure_group().await?;
@@ -548,17 +554,36 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
                 .map_err(|_| Error::Config("consumer closed".into()))?;
             self.metrics.delivered.increment(messages.len() as u64);
             let started = Instant::now();
-            let outcomes = self
-                .shared
-                .handler
-                .handle(Batch {
-                    partition: self.partition(),
-                    messages,
-                })
-                .await;
+            let count = messages.len();
+            let handling = self.shared.handler.handle(Batch {
+                partition: self.partition(),
+                messages,
+            });
+            // A panicking handler fails its batch; it does not take the
+            // worker (and the partition's lease) down with it.
+            let outcomes = match AssertUnwindSafe(handling).catch_unwind().await {
+                Ok(outcomes) => outcomes,
+                Err(panic) => {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "handler panicked".into());
+                    tracing::error!(partition = self.partition(), panic = %what, "handler panicked; retrying its batch");
+                    Outcomes::retry_all(count, format!("handler panicked: {what}"))
+                }
+            };
             self.metrics
                 .handler_seconds
                 .record(started.elapsed().as_secs_f64());
+            if !self.lease.is_valid() {
+                tracing::warn!(
+                    partition = self.partition(),
+                    took = ?started.elapsed(),
+                    "a batch outlived the lease; another consumer may have handled the partition meanwhile \
+                     (raise lease_ttl above the longest batch)"
+                );
+            }
             outcomes
         };
         let mut outcomes = outcomes.0.into_iter();
@@ -757,12 +782,30 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
             } else {
                 "0"
             });
-        let (trimmed, lag, pending, oldest, server_now): (u64, u64, u64, String, u64) = self
+        let (trimmed, lag, pending, oldest, server_now, missing): (
+            u64,
+            u64,
+            u64,
+            String,
+            u64,
+            u64,
+        ) = self
             .shared
             .client
             .eval("maintain", &scripts::MAINTAIN, &cmd)
             .await?;
         self.metrics.trimmed.increment(trimmed);
+        if missing > self.missing_reported {
+            tracing::error!(
+                partition = self.partition(),
+                missing,
+                "entries were removed from the stream before this group read them; they are lost"
+            );
+            self.metrics
+                .unacked_trimmed
+                .increment(missing - self.missing_reported);
+        }
+        self.missing_reported = missing;
         self.metrics.lag_entries.set((lag + pending) as f64);
         self.metrics.pending.set(pending as f64);
         let age_ms = parse_id(&oldest)

@@ -243,3 +243,45 @@ pub fn per_key(log: &Log) -> std::collections::BTreeMap<String, Vec<u64>> {
     }
     out
 }
+
+/// The metrics this process records, for tests that check a counter.
+pub fn recorded_metrics() -> &'static metrics_util::debugging::Snapshotter {
+    static SNAPSHOTTER: std::sync::OnceLock<metrics_util::debugging::Snapshotter> =
+        std::sync::OnceLock::new();
+    SNAPSHOTTER.get_or_init(|| {
+        let recorder = metrics_util::debugging::DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        recorder.install().expect("install the metrics recorder");
+        snapshotter
+    })
+}
+
+/// Total of counter `name` over the series labelled with `topic`. The
+/// recorder hands out counter increments since the last snapshot, so the
+/// totals are kept here.
+pub fn counter_for_topic(name: &str, topic: &str) -> u64 {
+    static TOTALS: std::sync::OnceLock<Mutex<std::collections::HashMap<(String, String), u64>>> =
+        std::sync::OnceLock::new();
+    let mut totals = TOTALS
+        .get_or_init(Default::default)
+        .lock()
+        .expect("totals lock");
+    for (key, _, _, value) in recorded_metrics().snapshot().into_vec() {
+        let metrics_util::debugging::DebugValue::Counter(n) = value else {
+            continue;
+        };
+        let topic_label = key
+            .key()
+            .labels()
+            .find(|l| l.key() == "topic")
+            .map(|l| l.value().to_owned())
+            .unwrap_or_default();
+        *totals
+            .entry((key.key().name().to_owned(), topic_label))
+            .or_default() += n;
+    }
+    totals
+        .get(&(name.to_owned(), topic.to_owned()))
+        .copied()
+        .unwrap_or(0)
+}

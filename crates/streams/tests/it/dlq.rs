@@ -371,3 +371,42 @@ fn record_acked(log: &Log, batch: &Batch<Numbered>, outcomes: &Outcomes) {
         }
     }
 }
+
+/// A handler that panics fails its batch; the batch is retried and the
+/// consumer keeps its partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_fails_its_batch_only() {
+    let client = shared_client().await;
+    let topic = topic(topic_config(1));
+    let log = Log::default();
+    let panicked = Arc::new(AtomicBool::new(false));
+    let handler = {
+        let (log, panicked) = (log.clone(), panicked.clone());
+        move |batch: Batch<Numbered>| {
+            let (log, panicked) = (log.clone(), panicked.clone());
+            async move {
+                if !panicked.swap(true, Ordering::SeqCst) {
+                    panic!("the handler's bug");
+                }
+                for m in &batch.messages {
+                    record_one(&log, m);
+                }
+                batch.ack_all()
+            }
+        }
+    };
+    let consumer = Running::start(&client, &topic, consumer_config("panic"), handler);
+    produce_numbered(&producer(&client), &topic, 2, 10).await;
+    wait_until(
+        Duration::from_secs(10),
+        "all handled after the panic",
+        || async { seen_count(&log) == 20 },
+    )
+    .await;
+    assert!(panicked.load(Ordering::SeqCst));
+    assert!(
+        log.lock().expect("log").iter().any(|s| s.attempt == 2),
+        "the failed batch was delivered again"
+    );
+    consumer.stop().await;
+}

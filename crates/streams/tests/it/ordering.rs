@@ -26,12 +26,14 @@ async fn order_per_key_holds_while_consumers_join_and_leave() {
             }
         }
     });
+    // Production runs for a few seconds, so that every membership change
+    // below happens while messages flow.
     let producing = {
         let producer = producer(&client);
         let topic = topic.clone();
         tokio::spawn(async move {
-            for round in 0..per_key_count / 50 {
-                let messages: Vec<Numbered> = (round * 50..(round + 1) * 50)
+            for round in 0..per_key_count / 25 {
+                let messages: Vec<Numbered> = (round * 25..(round + 1) * 25)
                     .flat_map(|seq| {
                         (0..keys).map(move |k| Numbered {
                             key: format!("key-{k}"),
@@ -49,12 +51,19 @@ async fn order_per_key_holds_while_consumers_join_and_leave() {
                 {
                     r.expect("send");
                 }
-                tokio::time::sleep(Duration::from_millis(150)).await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
             }
         })
     };
 
     let total = keys * per_key_count as usize;
+    let handled_by = |name: &'static str| {
+        let log = log.clone();
+        move || {
+            let log = log.clone();
+            async move { log.lock().expect("log").iter().any(|s| s.consumer == name) }
+        }
+    };
     wait_until(Duration::from_secs(20), "first messages", || async {
         seen_count(&log) > 200
     })
@@ -65,9 +74,11 @@ async fn order_per_key_holds_while_consumers_join_and_leave() {
         consumer_config(group),
         recording("second", &log),
     );
-    wait_until(Duration::from_secs(20), "more messages", || async {
-        seen_count(&log) > total / 3
-    })
+    wait_until(
+        Duration::from_secs(20),
+        "the second consumer at work",
+        handled_by("second"),
+    )
     .await;
     let third = Running::start(
         &client,
@@ -75,13 +86,16 @@ async fn order_per_key_holds_while_consumers_join_and_leave() {
         consumer_config(group),
         recording("third", &log),
     );
-    wait_until(Duration::from_secs(20), "more messages", || async {
-        seen_count(&log) > total / 2
-    })
+    wait_until(
+        Duration::from_secs(20),
+        "the third consumer at work",
+        handled_by("third"),
+    )
     .await;
     first.stop().await;
+    let after_first = seen_count(&log);
     wait_until(Duration::from_secs(20), "more messages", || async {
-        seen_count(&log) > 2 * total / 3
+        seen_count(&log) > after_first + 500
     })
     .await;
     second.stop().await;
