@@ -92,6 +92,10 @@ struct Report {
     produce_ratio_to_raw: f64,
     end_to_end_per_s: f64,
     end_to_end_in_order: bool,
+    raw_cpu: CpuUse,
+    /// Server time per command over the end-to-end run, all nodes:
+    /// `(calls, usec)`; commands run inside scripts count on their own.
+    end_to_end_commands: BTreeMap<String, (u64, u64)>,
     produce_cpu: CpuUse,
     end_to_end_cpu: CpuUse,
     memory_bytes_per_partition: BTreeMap<u16, u64>,
@@ -103,8 +107,10 @@ async fn run(cluster: &RedisCluster, total: u64) -> anyhow::Result<Report> {
     let client = StreamsClient::connect(ClientConfig::new(cluster.urls())).await?;
     let payload_bytes = serde_json::to_vec(&message(0))?.len();
 
+    let cpu = CpuMeter::start(&client).await?;
     let raw = raw_xadd(&client, total, payload_bytes).await?;
-    eprintln!("raw pipelined XADD: {raw:.0}/s");
+    let raw_cpu = cpu.stop(&client).await?;
+    eprintln!("raw pipelined XADD: {raw:.0}/s; cpu {raw_cpu:?}");
 
     // Produce only, into a topic with one (idle) group, as in production.
     let produce_topic = topic("bench.produce", total)?;
@@ -118,7 +124,7 @@ async fn run(cluster: &RedisCluster, total: u64) -> anyhow::Result<Report> {
     let baseline = master_memory(&client).await?;
     let cpu = CpuMeter::start(&client).await?;
     let started = Instant::now();
-    produce_all(&client, &produce_topic, total).await?;
+    produce_in_key_order(&client, &produce_topic, total).await?;
     let produce = total as f64 / started.elapsed().as_secs_f64();
     let produce_cpu = cpu.stop(&client).await?;
     eprintln!(
@@ -158,9 +164,14 @@ async fn run(cluster: &RedisCluster, total: u64) -> anyhow::Result<Report> {
         let _: i64 = redis_del(&client, &keys.stream).await?;
     }
 
+    reset_command_stats(&client).await?;
     let cpu = CpuMeter::start(&client).await?;
     let (end_to_end, in_order) = end_to_end(&client, total).await?;
     let end_to_end_cpu = cpu.stop(&client).await?;
+    let end_to_end_commands = command_stats(&client).await?;
+    for (command, (calls, usec)) in &end_to_end_commands {
+        eprintln!("  {command:<24} calls {calls:>9} usec {usec:>10}");
+    }
     eprintln!("end to end: {end_to_end:.0}/s, in order: {in_order}; cpu {end_to_end_cpu:?}");
 
     Ok(Report {
@@ -171,6 +182,8 @@ async fn run(cluster: &RedisCluster, total: u64) -> anyhow::Result<Report> {
         produce_ratio_to_raw: produce / raw,
         end_to_end_per_s: end_to_end,
         end_to_end_in_order: in_order,
+        raw_cpu,
+        end_to_end_commands,
         produce_cpu,
         end_to_end_cpu,
         memory_bytes_per_partition,
@@ -244,46 +257,8 @@ async fn raw_xadd(client: &StreamsClient, total: u64, payload_bytes: usize) -> a
     Ok(rate)
 }
 
-async fn produce_all(
-    client: &StreamsClient,
-    topic: &Topic<Paper>,
-    total: u64,
-) -> anyhow::Result<()> {
-    let producer = Producer::new(client.clone(), ProducerConfig::default());
-    let writers = 4u64;
-    let per_writer = total / writers;
-    let mut tasks = Vec::new();
-    for w in 0..writers {
-        let (producer, topic) = (producer.clone(), topic.clone());
-        tasks.push(tokio::spawn(async move {
-            let batch = 3_000u64;
-            let mut seq = w * per_writer;
-            let end = seq + per_writer;
-            while seq < end {
-                let messages: Vec<Paper> = (seq..(seq + batch).min(end)).map(message).collect();
-                let results = producer
-                    .send_batch(
-                        &topic,
-                        messages.iter().map(|m| Outgoing::new(&m.arxiv_id, m)),
-                    )
-                    .await?;
-                for r in results {
-                    r?;
-                }
-                seq += batch;
-            }
-            Ok::<_, streams::Error>(())
-        }));
-    }
-    for task in tasks {
-        task.await??;
-    }
-    Ok(())
-}
-
-/// Produce in key order from one writer per partition group of keys, while
-/// a consumer group of one process handles all six partitions, checking
-/// that every key's sequence arrives in order.
+/// Produce in key order while a consumer group of one process handles all
+/// six partitions, checking that every key's sequence arrives in order.
 async fn end_to_end(client: &StreamsClient, total: u64) -> anyhow::Result<(f64, bool)> {
     let topic = topic("bench.e2e", total)?;
     streams::ensure_group(client, topic.layout(), "bench", StartFrom::Beginning).await?;
@@ -323,7 +298,7 @@ async fn end_to_end(client: &StreamsClient, total: u64) -> anyhow::Result<(f64, 
         }
     };
     let mut config = ConsumerConfig::new("bench");
-    config.batch_size = 2_000;
+    config.batch_size = 5_000;
     config.max_concurrent_batches = usize::from(PARTITIONS);
     config.block = Duration::from_millis(100);
     let shutdown = CancellationToken::new();
@@ -333,7 +308,7 @@ async fn end_to_end(client: &StreamsClient, total: u64) -> anyhow::Result<(f64, 
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let started = Instant::now();
-    produce_all_in_key_order(client, &topic, total).await?;
+    produce_in_key_order(client, &topic, total).await?;
     let produced_after = started.elapsed();
     let handled_then = handled.load(Ordering::Relaxed);
     while handled.load(Ordering::Relaxed) < total {
@@ -357,7 +332,7 @@ async fn end_to_end(client: &StreamsClient, total: u64) -> anyhow::Result<(f64, 
 /// round) per batch, which keeps each key's order since a batch keeps the
 /// order of a partition's messages, and starts the next batch only once the
 /// last one was written.
-async fn produce_all_in_key_order(
+async fn produce_in_key_order(
     client: &StreamsClient,
     topic: &Topic<Paper>,
     total: u64,
@@ -471,6 +446,55 @@ async fn redis_cpu_seconds(client: &StreamsClient) -> anyhow::Result<f64> {
         }
     }
     Ok(total)
+}
+
+fn every_node(ranges: &[streams::client::SlotRange]) -> Vec<String> {
+    ranges
+        .iter()
+        .flat_map(|r| std::iter::once(r.master.clone()).chain(r.replicas.iter().cloned()))
+        .map(|node| {
+            node.rsplit_once(':')
+                .map(|(_, p)| p.to_owned())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+async fn reset_command_stats(client: &StreamsClient) -> anyhow::Result<()> {
+    for port in every_node(&client.slot_ranges().await?) {
+        Command::new("redis-cli")
+            .args(["-p", &port, "CONFIG", "RESETSTAT"])
+            .output()?;
+    }
+    Ok(())
+}
+
+async fn command_stats(client: &StreamsClient) -> anyhow::Result<BTreeMap<String, (u64, u64)>> {
+    let mut stats: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for port in every_node(&client.slot_ranges().await?) {
+        let out = Command::new("redis-cli")
+            .args(["-p", &port, "INFO", "commandstats"])
+            .output()?;
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let Some((name, fields)) = line
+                .strip_prefix("cmdstat_")
+                .and_then(|l| l.split_once(':'))
+            else {
+                continue;
+            };
+            let field = |key: &str| {
+                fields
+                    .split(',')
+                    .find_map(|f| f.strip_prefix(key)?.strip_prefix('='))
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            let entry = stats.entry(name.to_owned()).or_default();
+            entry.0 += field("calls");
+            entry.1 += field("usec");
+        }
+    }
+    Ok(stats)
 }
 
 async fn master_memory(client: &StreamsClient) -> anyhow::Result<BTreeMap<String, u64>> {

@@ -47,7 +47,11 @@ pub struct Capabilities {
     pub xackdel: bool,
     /// `XTRIM ... ACKED` (8.2): the server itself keeps unacknowledged entries.
     pub acked_trim: bool,
-    /// `XREADGROUP ... CLAIM` (8.4).
+    /// `XREADGROUP ... CLAIM` (8.4). Reported, not used: a partition's
+    /// owner claims its pending entries once, at takeover, where
+    /// `XAUTOCLAIM` also reports entries deleted while pending; reading with
+    /// `CLAIM` afterwards would hand the owner back the entries it is
+    /// deliberately holding behind a failed key.
     pub xreadgroup_claim: bool,
     /// `XINFO CONSUMERS` reports `inactive` (7.2).
     pub consumer_inactive: bool,
@@ -108,7 +112,7 @@ impl StreamsClient {
         if config.nodes.is_empty() {
             return Err(Error::Config("no Redis cluster nodes configured".into()));
         }
-        let client = cluster_client(&config, config.command_timeout)?;
+        let client = cluster_client(&config, config.command_timeout, 4)?;
         let connection = connect(&client, config.connect_timeout).await?;
         let mut this = Self {
             inner: Arc::new(Inner {
@@ -140,11 +144,11 @@ impl StreamsClient {
 
     /// A connection of its own, for blocking reads: a blocked command holds
     /// its node connection, and on the shared one it would stall everyone.
+    /// It never retries a command by itself: a read repeated after a lost
+    /// reply would skip what the first attempt delivered.
     pub(crate) async fn dedicated_connection(&self, block: Duration) -> Result<ClusterConnection> {
-        let client = cluster_client(
-            &self.inner.config,
-            self.inner.config.command_timeout + block,
-        )?;
+        let response_timeout = self.inner.config.command_timeout + block;
+        let client = cluster_client(&self.inner.config, response_timeout, 0)?;
         connect(&client, self.inner.config.connect_timeout).await
     }
 
@@ -227,12 +231,22 @@ impl StreamsClient {
         cmd: &redis::Cmd,
     ) -> Result<T> {
         let (host, port) = split_address(address)?;
+        let routing = SingleNodeRoutingInfo::ByAddress {
+            host: host.to_owned(),
+            port,
+        };
+        self.query_routed(operation, routing, cmd).await
+    }
+
+    async fn query_routed<T: redis::FromRedisValue>(
+        &self,
+        operation: &'static str,
+        routing: SingleNodeRoutingInfo,
+        cmd: &redis::Cmd,
+    ) -> Result<T> {
         self.run(operation, || {
             let mut conn = self.connection();
-            let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
-                host: host.to_owned(),
-                port,
-            });
+            let routing = RoutingInfo::SingleNode(routing.clone());
             async move {
                 let value = conn.route_command(cmd.clone(), routing).await?;
                 Ok(redis::from_redis_value(value).map_err(redis::RedisError::from)?)
@@ -244,32 +258,13 @@ impl StreamsClient {
     /// The slot map, from `CLUSTER SLOTS`.
     pub async fn slot_ranges(&self) -> Result<Vec<SlotRange>> {
         let reply: Value = self
-            .query_random(
+            .query_routed(
                 "cluster slots",
-                &redis::cmd("CLUSTER").arg("SLOTS").to_owned(),
+                SingleNodeRoutingInfo::RandomPrimary,
+                redis::cmd("CLUSTER").arg("SLOTS"),
             )
             .await?;
         parse_cluster_slots(reply)
-    }
-
-    async fn query_random<T: redis::FromRedisValue>(
-        &self,
-        operation: &'static str,
-        cmd: &redis::Cmd,
-    ) -> Result<T> {
-        self.run(operation, || {
-            let mut conn = self.connection();
-            async move {
-                let value = conn
-                    .route_command(
-                        cmd.clone(),
-                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary),
-                    )
-                    .await?;
-                Ok(redis::from_redis_value(value).map_err(redis::RedisError::from)?)
-            }
-        })
-        .await
     }
 
     /// The masters of the cluster, by address.
@@ -361,11 +356,15 @@ impl StreamsClient {
     }
 }
 
-fn cluster_client(config: &ClientConfig, response_timeout: Duration) -> Result<ClusterClient> {
+fn cluster_client(
+    config: &ClientConfig,
+    response_timeout: Duration,
+    retries: u32,
+) -> Result<ClusterClient> {
     Ok(ClusterClient::builder(config.nodes.clone())
         .connection_timeout(config.connect_timeout)
         .response_timeout(response_timeout)
-        .retries(4)
+        .retries(retries)
         .build()?)
 }
 
@@ -406,13 +405,19 @@ where
         .with_min_delay(Duration::from_millis(50))
         .with_max_delay(Duration::from_secs(1))
         .with_jitter()
-        .with_total_delay(Some(total))
         .without_max_times();
-    attempt
+    let retrying = attempt
         .retry(backoff)
         .when(Error::is_transient)
-        .notify(|err, wait| tracing::debug!(operation, %err, ?wait, "retrying"))
-        .await
+        .notify(|err, wait| tracing::debug!(operation, %err, ?wait, "retrying"));
+    // backon bounds the sleeps, not the attempts: bound the whole.
+    match tokio::time::timeout(total, retrying).await {
+        Ok(result) => result,
+        Err(_) => Err(Error::Timeout {
+            operation,
+            after: total,
+        }),
+    }
 }
 
 /// A command or a pipeline.

@@ -160,6 +160,12 @@ impl Meta {
     }
 }
 
+impl redis::ToRedisArgs for Meta {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        out.write_arg_fmt(self);
+    }
+}
+
 impl fmt::Display for Meta {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -175,23 +181,31 @@ impl fmt::Display for Meta {
 pub struct RawEntry {
     pub entry_id: EntryId,
     pub fields: Vec<(String, Vec<u8>)>,
-    /// `meta`, parsed; why not, for an entry without a valid one.
-    pub meta: Result<Meta, String>,
 }
 
 impl RawEntry {
     pub fn new(entry_id: EntryId, fields: Vec<(String, Vec<u8>)>) -> Self {
-        let meta = match fields.iter().find(|(n, _)| n == fields::META) {
-            None => Err(DecodeError::MissingField(fields::META).to_string()),
-            Some((_, v)) => std::str::from_utf8(v)
-                .map_err(|e| e.to_string())
-                .and_then(|text| Meta::parse(text).map_err(|e| e.to_string())),
-        };
-        Self {
-            entry_id,
-            fields,
-            meta,
-        }
+        Self { entry_id, fields }
+    }
+
+    /// The `meta` field split into its five parts, borrowed.
+    fn meta_parts(&self) -> Option<[&str; 5]> {
+        let mut parts = self.field_str(fields::META)?.splitn(5, ' ');
+        Some([
+            parts.next()?,
+            parts.next()?,
+            parts.next()?,
+            parts.next()?,
+            parts.next()?,
+        ])
+    }
+
+    /// The `meta` field, parsed.
+    pub fn meta(&self) -> Result<Meta, DecodeError> {
+        let text = self
+            .field_str(fields::META)
+            .ok_or(DecodeError::MissingField(fields::META))?;
+        Meta::parse(text)
     }
 
     pub fn field(&self, name: &str) -> Option<&[u8]> {
@@ -208,17 +222,18 @@ impl RawEntry {
     /// The ordering key, or empty for an entry without one (it still
     /// gets delivered, or dead-lettered, like any other).
     pub fn key(&self) -> &str {
-        self.meta
-            .as_ref()
-            .map(|m| m.key.as_str())
-            .unwrap_or_default()
+        self.meta_parts().map(|p| p[4]).unwrap_or_default()
     }
 
     pub fn message_id(&self) -> &str {
-        self.meta
-            .as_ref()
-            .map(|m| m.message_id.as_str())
-            .unwrap_or_default()
+        self.meta_parts().map(|p| p[0]).unwrap_or_default()
+    }
+
+    /// Attempts spent in earlier lives of the message.
+    pub fn earlier_attempts(&self) -> u32 {
+        self.meta_parts()
+            .and_then(|p| p[3].parse().ok())
+            .unwrap_or(0)
     }
 
     pub fn target_group(&self) -> Option<&str> {
@@ -232,17 +247,14 @@ impl RawEntry {
         partition: u16,
         deliveries: u32,
     ) -> Result<Message<T>, DecodeError> {
-        let meta = self.meta.as_ref().map_err(|detail| DecodeError::BadField {
-            field: fields::META,
-            detail: detail.clone(),
-        })?;
+        let meta = self.meta()?;
         let data = self
             .field(fields::DATA)
             .ok_or(DecodeError::MissingField(fields::DATA))?;
         let payload = T::decode(meta.schema_version, data)?;
         Ok(Message {
-            id: meta.message_id.clone(),
-            key: meta.key.clone(),
+            id: meta.message_id,
+            key: meta.key,
             schema_version: meta.schema_version,
             produced_at_ms: meta.produced_at_ms,
             attempt: meta.attempts.saturating_add(deliveries),
@@ -380,7 +392,7 @@ impl Encoded {
     /// Append the entry's field/value arguments ([`Self::WIDTH`] of them).
     pub fn write_fields(&self, cmd: &mut redis::Cmd) {
         cmd.arg(fields::META)
-            .arg(self.meta.to_string())
+            .arg(&self.meta)
             .arg(fields::DATA)
             .arg(&self.data);
     }

@@ -222,7 +222,13 @@ impl Inspector {
         let name = field_text(info, "name")?;
         let pending = field_u64(info, "pending").unwrap_or(0);
         let last_delivered = parse_id(&field_text(info, "last-delivered-id")?)?;
-        let undelivered = field_u64(info, "lag");
+        // Entries something else removed unread stay in Redis 7.0's lag;
+        // the consumer records how many (see the MAINTAIN script).
+        let known_lost: Option<u64> = c
+            .query("lost count", redis::cmd("HGET").arg(&keys.lost).arg(&name))
+            .await?;
+        let undelivered =
+            field_u64(info, "lag").map(|lag| lag.saturating_sub(known_lost.unwrap_or(0)));
         let oldest: Vec<(String, String, u64, u64)> = c
             .query(
                 "xpending",
@@ -467,8 +473,8 @@ impl Inspector {
 
 fn matches_field(entry: &RawEntry, field: &str, value: &str) -> bool {
     match field {
-        "key" => return entry.meta.as_ref().is_ok_and(|m| m.key == value),
-        "id" => return entry.meta.as_ref().is_ok_and(|m| m.message_id == value),
+        "key" => return entry.meta().is_ok_and(|m| m.key == value),
+        "id" => return entry.meta().is_ok_and(|m| m.message_id == value),
         _ => {}
     }
     match field.strip_prefix("data.") {

@@ -1,8 +1,11 @@
 //! The Lua scripts. Each runs atomically on the node that owns its keys,
 //! and every key a script touches carries the same partition hash tag.
 //!
-//! Scripts start with `#!lua` so that Redis refuses a writing script as a
-//! whole when the node is out of memory, instead of failing halfway.
+//! Scripts start with `#!lua`. Those that add data (appends, dead letters,
+//! redrives) let Redis refuse them as a whole when the node is out of
+//! memory, instead of failing halfway; those that keep the system running
+//! or free memory (retention, acknowledgements, leases, membership) carry
+//! `flags=allow-oom`, so that a full node can still drain.
 
 use std::sync::LazyLock;
 
@@ -46,7 +49,9 @@ end
 -- Entries the slowest group has not acknowledged: not yet delivered (lag)
 -- plus delivered and pending. When Redis cannot tell the lag (an XDEL in
 -- the unread range), count the whole stream: refusing too early is safe,
--- accepting too much is not.
+-- accepting too much is not. For the same reason entries that something
+-- else removed unread, which Redis 7.0 keeps counting in the lag, are not
+-- subtracted here; the result never exceeds the stream's length.
 local function backlog(stream)
   local len = redis.call('XLEN', stream)
   if len == 0 then return 0 end
@@ -112,33 +117,46 @@ return reply
 });
 
 /// Move one entry to the DLQ: append it with why it failed, acknowledge it,
-/// and delete it from the stream once no other group still needs it.
+/// and delete it from the stream once no other group needs it.
 ///
 /// KEYS[1] stream, KEYS[2] dlq. ARGV: group, entry id, reason, error,
-/// attempts, consumer, `1` when the server has XACKDEL. Returns the DLQ
-/// entry id, or false when the entry was already gone from the stream.
+/// attempts, consumer, `1` when the server has XACKDEL. Returns 1 when
+/// moved, 0 when the entry was no longer pending for the group (an earlier
+/// call already moved it: the script is safe to repeat), -1 when it was
+/// pending but deleted from the stream (lost; the pending entry is cleared).
+///
+/// The delete waits until the entry is older than every group's last
+/// delivered id: deleting the newest delivered entry would leave Redis 7.0
+/// unable to report the group's lag until its next read, and backpressure
+/// would have to guess. Retention removes such entries later.
 pub static DEAD_LETTER: LazyLock<Script> = LazyLock::new(|| {
     stream_script(
         r#"
 local stream, dlq = KEYS[1], KEYS[2]
 local group, id = ARGV[1], ARGV[2]
+if #redis.call('XPENDING', stream, group, id, id, 1) == 0 then return 0 end
 local found = redis.call('XRANGE', stream, id, id)[1]
-local dlq_id = false
-if found then
-  local args = {dlq, '*'}
-  for _, v in ipairs(found[2]) do args[#args + 1] = v end
-  local meta = {'dlq.reason', ARGV[3], 'dlq.error', ARGV[4], 'dlq.attempts', ARGV[5],
-    'dlq.origin', id, 'dlq.group', group, 'dlq.consumer', ARGV[6], 'dlq.at', tostring(now_ms())}
-  for _, v in ipairs(meta) do args[#args + 1] = v end
-  dlq_id = redis.call('XADD', unpack(args))
+if not found then
+  redis.call('XACK', stream, group, id)
+  return -1
 end
+local args = {dlq, '*'}
+for _, v in ipairs(found[2]) do args[#args + 1] = v end
+local meta = {'dlq.reason', ARGV[3], 'dlq.error', ARGV[4], 'dlq.attempts', ARGV[5],
+  'dlq.origin', id, 'dlq.group', group, 'dlq.consumer', ARGV[6], 'dlq.at', tostring(now_ms())}
+for _, v in ipairs(meta) do args[#args + 1] = v end
+redis.call('XADD', unpack(args))
 if ARGV[7] == '1' then
   redis.call('XACKDEL', stream, group, 'ACKED', 'IDS', 1, id)
 else
   redis.call('XACK', stream, group, id)
-  if found and acked_by_all(stream, id) then redis.call('XDEL', stream, id) end
+  local deletable = acked_by_all(stream, id)
+  for _, g in ipairs(groups_of(stream)) do
+    if id_cmp(id, g['last-delivered-id']) >= 0 then deletable = false end
+  end
+  if deletable then redis.call('XDEL', stream, id) end
 end
-return dlq_id
+return 1
 "#,
     )
 });
@@ -149,35 +167,58 @@ return dlq_id
 /// the trim point never passes any group's oldest pending entry or its
 /// first undelivered one.
 ///
-/// KEYS[1] stream. ARGV[1] cutoff id, ARGV[2] group whose figures to
-/// report, ARGV[3] `1` when the server supports `XTRIM ... ACKED`.
-/// Returns `{trimmed, lag, pending, oldest_unacked_id or '', now_ms,
-/// missing}`, where `missing` counts entries the group never received
-/// because something else removed them first: Redis counts them in the lag
-/// (entries added minus entries read) but they are no longer stored.
+/// Also finds entries something else removed before the group read them.
+/// Redis keeps counting such entries in the group's lag (entries added
+/// minus entries read) for good; when every stored entry is unread, the lag
+/// beyond the stream's length is that count. KEYS[2] records, per group,
+/// how much of it was already reported, so each loss counts once.
+///
+/// KEYS[1] stream, KEYS[2] lost-count hash. ARGV[1] cutoff id, ARGV[2]
+/// group whose figures to report, ARGV[3] `1` when the server supports
+/// `XTRIM ... ACKED`, ARGV[4] consumer. Returns `{trimmed, lag, pending,
+/// oldest unacknowledged id or '', now ms, newly lost, pending with the
+/// consumer}`; `lag` leaves out the entries already known lost.
 pub static MAINTAIN: LazyLock<Script> = LazyLock::new(|| {
-    stream_script(
+    Script::new(&format!(
+        "#!lua flags=allow-oom\n{PRELUDE}\n{}",
         r#"
-local stream = KEYS[1]
+local stream, lost_key = KEYS[1], KEYS[2]
+local group, me = ARGV[2], ARGV[4]
 local now = now_ms()
-if redis.call('EXISTS', stream) == 0 then return {0, 0, 0, '', now, 0} end
+if redis.call('EXISTS', stream) == 0 then return {0, 0, 0, '', now, 0, 0} end
 local floor = ARGV[1]
-local lag, pending, oldest, missing = 0, 0, '', 0
+local lag, pending, oldest, missing, mine = 0, 0, '', 0, 0
 local groups = groups_of(stream)
 for _, g in ipairs(groups) do
   local summary = redis.call('XPENDING', stream, g['name'])
   local first
   if summary[1] > 0 then first = summary[2] else first = id_next(g['last-delivered-id']) end
   if id_cmp(first, floor) < 0 then floor = first end
-  if g['name'] == ARGV[2] then
+  if g['name'] == group then
     pending = summary[1]
-    if type(g['lag']) == 'number' then lag = g['lag'] else lag = redis.call('XLEN', stream) end
+    if type(summary[4]) == 'table' then
+      for _, c in ipairs(summary[4]) do
+        if c[1] == me then mine = tonumber(c[2]) end
+      end
+    end
+    local len = redis.call('XLEN', stream)
+    local known = tonumber(redis.call('HGET', lost_key, group) or '0')
+    if type(g['lag']) == 'number' then
+      local head = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
+      if head == nil or id_cmp(head[1], g['last-delivered-id']) > 0 then
+        local beyond = math.max(g['lag'] - len, 0)
+        if beyond > known then missing = beyond - known end
+        if beyond ~= known then
+          redis.call('HSET', lost_key, group, beyond)
+          known = beyond
+        end
+      end
+      lag = math.max(g['lag'] - known, 0)
+    else
+      lag = len
+    end
     local entry = redis.call('XRANGE', stream, first, '+', 'COUNT', 1)[1]
     if summary[1] > 0 then oldest = first elseif entry then oldest = entry[1] end
-    local len = redis.call('XLEN', stream)
-    local head = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
-    local unread_only = head == nil or id_cmp(head[1], g['last-delivered-id']) > 0
-    if type(g['lag']) == 'number' and unread_only and g['lag'] > len then missing = g['lag'] - len end
   end
 end
 local trimmed = 0
@@ -188,9 +229,9 @@ if #groups > 0 then
     trimmed = redis.call('XTRIM', stream, 'MINID', floor)
   end
 end
-return {trimmed, lag, pending, oldest, now, missing}
-"#,
-    )
+return {trimmed, lag, pending, oldest, now, missing, mine}
+"#
+    ))
 });
 
 /// Acknowledge a batch and mark its messages as processed for the group.
@@ -199,7 +240,7 @@ return {trimmed, lag, pending, oldest, now, missing}
 /// TTL in ms, ARGV[3..] entry ids.
 pub static ACK_AND_MARK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        r#"#!lua
+        r#"#!lua flags=allow-oom
 local acked = redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 3))
 for i = 2, #KEYS do redis.call('SET', KEYS[i], '1', 'PX', ARGV[2]) end
 return acked
@@ -262,7 +303,7 @@ return {replayed, last, 0}
 /// ARGV[2] ttl ms. Returns 1 when `owner` holds it afterwards.
 pub static LEASE_ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        r#"#!lua
+        r#"#!lua flags=allow-oom
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -276,7 +317,7 @@ return 0
 /// Extend a lease held by ARGV[1] to ARGV[2] ms. Returns 1 if still held.
 pub static LEASE_RENEW: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        r#"#!lua
+        r#"#!lua flags=allow-oom
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
@@ -288,7 +329,7 @@ return 0
 /// Drop a lease held by ARGV[1]. Returns 1 if it was held.
 pub static LEASE_RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        r#"#!lua
+        r#"#!lua flags=allow-oom
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
@@ -302,7 +343,7 @@ return 0
 /// ARGV[2] ttl ms, ARGV[3] `join` or `leave`. Returns the live members.
 pub static MEMBERSHIP: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        r#"#!lua
+        r#"#!lua flags=allow-oom
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[2])

@@ -211,6 +211,9 @@ pub struct PartitionKeys {
     pub stream: String,
     pub dlq: String,
     pub audit: String,
+    /// Per group, how many entries Redis still counts in the group's lag
+    /// although something removed them unread (see the MAINTAIN script).
+    pub lost: String,
 }
 
 impl PartitionKeys {
@@ -223,6 +226,7 @@ impl PartitionKeys {
             stream: format!("{{{tag}}}:stream"),
             dlq: format!("{{{tag}}}:dlq"),
             audit: format!("{{{tag}}}:audit"),
+            lost: format!("{{{tag}}}:lost"),
             tag,
         }
     }

@@ -77,7 +77,13 @@ pub struct ConsumerConfig {
     pub block: Duration,
     /// Handler calls running at once, over all partitions of this consumer.
     pub max_concurrent_batches: usize,
+    /// How long a partition stays leased without renewal: a dead consumer's
+    /// partitions move after about this long. Keep it well above the
+    /// longest batch a handler may take; a batch that outlives the lease can
+    /// overlap with the next owner's work (the worker logs a warning when
+    /// that happens).
     pub lease_ttl: Duration,
+    /// How often membership and leases are renewed; a quarter of the TTL.
     pub heartbeat: Duration,
     pub start_from: StartFrom,
     /// Skip messages this group already processed (by message id), for
@@ -340,10 +346,13 @@ impl<T: Event, H: Handler<T>> Consumer<T, H> {
     async fn renew_leases(&self) {
         let me = &self.shared.config.consumer_name;
         let ttl = self.shared.config.lease_ttl;
+        // Partitions being handed over are renewed too, until their worker
+        // has finished its batch and released the lease: the next owner must
+        // not take over while the old one is still at work.
         let renewals = self
             .owned
             .iter()
-            .filter(|(_, owned)| !owned.stop.is_cancelled())
+            .filter(|(_, owned)| !owned.task.is_finished())
             .map(|(partition, owned)| async move {
                 let sent = Instant::now();
                 let result = self
@@ -429,15 +438,20 @@ impl<T: Event, H: Handler<T>> Consumer<T, H> {
         }
     }
 
+    /// Stop every worker, renewing the leases until each has finished its
+    /// batch, acknowledged it and released its partition.
     async fn stop_all(&mut self) {
         for owned in self.owned.values() {
             owned.stop.cancel();
         }
-        for (partition, owned) in std::mem::take(&mut self.owned) {
-            if let Err(err) = owned.task.await {
-                tracing::error!(partition, %err, "partition worker panicked");
+        let mut ticker = tokio::time::interval(self.shared.config.heartbeat);
+        while self.owned.values().any(|o| !o.task.is_finished()) {
+            tokio::select! {
+                _ = ticker.tick() => self.renew_leases().await,
+                () = tokio::time::sleep(Duration::from_millis(20)) => {}
             }
         }
+        self.reap_finished().await;
     }
 }
 

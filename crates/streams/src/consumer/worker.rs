@@ -1,7 +1,7 @@
 //! The worker that processes one owned partition.
 //!
 //! # How a retry waits
-//! A failed message stays pending in Redis (its delivery count, bumped with
+//! A failed message stays pending in Redis (its delivery count, set with
 //! `XCLAIM ... RETRYCOUNT` before each retry, survives a crash), and its key
 //! is *blocked* in memory: later messages of that key queue behind it, while
 //! messages of every other key keep flowing. When the backoff expires the
@@ -16,7 +16,16 @@
 //! strict order across the DLQ at the price of stalling every key behind one
 //! bad message, which is what the design avoids. Held messages live in
 //! memory but remain pending in Redis, so a crash loses none of them: the
-//! next owner claims them in id order. A handover restarts their backoffs.
+//! next owner claims them in id order. A handover restarts their backoffs,
+//! and counts as a delivery of every pending message, held ones included.
+//!
+//! # Invariant
+//! Every entry delivered to this consumer and not yet acknowledged or
+//! dead-lettered is in exactly one place: `ready`, a blocked key's queue, the
+//! batch being handled, `unacked`/the acknowledgement in flight, or
+//! `undead`. Error paths put a batch back into `ready` rather than drop it,
+//! and a periodic check of this consumer's pending list adopts entries a
+//! lost read reply left behind.
 
 use std::{
     cmp::Reverse,
@@ -26,15 +35,14 @@ use std::{
     time::{Duration, Instant},
 };
 
+use futures_util::FutureExt;
 use redis::{Value, cluster_async::ClusterConnection};
 use tokio_util::sync::CancellationToken;
-
-use futures_util::FutureExt;
 
 use super::{Handler, LeaseClock, Outcome, Outcomes, Shared, handler::Batch};
 use crate::{
     Error, Result,
-    client::{evalsha, retry},
+    client::evalsha,
     envelope::{EntryId, Event, Message, RawEntry, text},
     metrics::PartitionMetrics,
     producer::now_ms,
@@ -42,19 +50,36 @@ use crate::{
     topic::PartitionKeys,
 };
 
-type AckTask = tokio::task::JoinHandle<Result<usize, (Vec<(EntryId, Option<String>)>, Error)>>;
+type AckTask = tokio::task::JoinHandle<std::result::Result<usize, (Vec<Ack>, Error)>>;
+
+/// An acknowledgement to send: the entry, and the message id to mark as
+/// processed when dedupe is on.
+type Ack = (EntryId, Option<String>);
 
 /// An entry this worker holds: delivered to it, not yet acknowledged.
 #[derive(Debug)]
 struct Held {
     raw: RawEntry,
     deliveries: u32,
+    /// This is the failed message of a blocked key, out for another attempt.
+    retry: bool,
+}
+
+impl Held {
+    fn new(raw: RawEntry, deliveries: u32) -> Self {
+        Self {
+            raw,
+            deliveries,
+            retry: false,
+        }
+    }
 }
 
 /// A key whose oldest message failed and waits for its next attempt.
 #[derive(Debug, Default)]
 struct Blocked {
-    /// The failed message first, then later messages of the key.
+    /// The failed message first (unless it is out for a retry), then later
+    /// messages of the key.
     queue: VecDeque<Held>,
     /// The failed message is out for another attempt.
     retrying: bool,
@@ -107,23 +132,22 @@ struct Worker<T, H> {
     keys: PartitionKeys,
     lease: Arc<LeaseClock>,
     stop: CancellationToken,
-    reader: ClusterConnection,
+    /// Connection for blocking reads; replaced after a failed read.
+    reader: Option<ClusterConnection>,
     metrics: PartitionMetrics,
     blocked: HashMap<String, Blocked>,
     timers: BinaryHeap<Reverse<(Instant, String)>>,
     /// Entries to deliver before reading anything new, oldest first.
     ready: VecDeque<Held>,
-    /// Acknowledgements not yet sent: `(entry, message id to mark as
-    /// processed)`.
-    unacked: Vec<(EntryId, Option<String>)>,
+    unacked: Vec<Ack>,
     acks_in_flight: Option<AckTask>,
+    /// Message ids marked processed whose markers may not be in Redis yet.
+    marks_in_flight: HashSet<String>,
     undead: Vec<DeadLetter>,
     next_maintenance: Instant,
     next_cleanup: Instant,
     /// Set once the worker must not handle anything more.
     fenced: bool,
-    /// Undelivered entries found missing and already counted as lost.
-    missing_reported: u64,
     _payload: std::marker::PhantomData<fn() -> T>,
 }
 
@@ -135,10 +159,6 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
         stop: CancellationToken,
     ) -> Result<Self> {
         let keys = shared.layout.partition(partition)?.clone();
-        let reader = shared
-            .client
-            .dedicated_connection(shared.config.block)
-            .await?;
         let metrics =
             PartitionMetrics::new(&shared.layout.config.name, &shared.config.group, partition);
         metrics.owned.set(1.0);
@@ -147,18 +167,18 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
             keys,
             lease,
             stop,
-            reader,
+            reader: None,
             metrics,
             blocked: HashMap::new(),
             timers: BinaryHeap::new(),
             ready: VecDeque::new(),
             unacked: Vec::new(),
             acks_in_flight: None,
+            marks_in_flight: HashSet::new(),
             undead: Vec::new(),
             next_maintenance: Instant::now(),
             next_cleanup: Instant::now(),
             fenced: false,
-            missing_reported: 0,
             _payload: std::marker::PhantomData,
         };
         worker.ensure_group().await?;
@@ -180,11 +200,8 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
 
     async fn run(&mut self) {
         let mut failures = 0u32;
-        loop {
-            if self.stop.is_cancelled() {
-                break;
-            }
-            if !self.lease.is_valid() {
+        while !self.stop.is_cancelled() {
+            if self.fenced || !self.lease.is_valid() {
                 tracing::warn!(
                     partition = self.partition(),
                     "lease may have expired; stopping"
@@ -201,15 +218,15 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
                         () = self.stop.cancelled() => {}
                         () = tokio::time::sleep(pause) => {}
                     }
-                    if let Err(err) = self.adopt_orphans().await {
-                        tracing::warn!(partition = self.partition(), %err, "could not re-read own pending entries");
-                    }
                 }
             }
         }
-        // Finish what was handled: acknowledgements and dead letters.
-        if let Err(err) = self.flush().await {
-            tracing::warn!(partition = self.partition(), %err, "could not flush on stop; entries stay pending for the next owner");
+        // Finish what was handled: dead letters and acknowledgements.
+        if let Err(err) = self.flush_dead_letters().await {
+            tracing::warn!(partition = self.partition(), %err, "could not dead-letter on stop; the next owner will retry");
+        }
+        if let Err(err) = self.flush_acks().await {
+            tracing::warn!(partition = self.partition(), %err, "could not acknowledge on stop; the next owner will handle those entries again");
         }
     }
 
@@ -217,8 +234,9 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
         self.flush_dead_letters().await?;
         let batch = self.next_batch().await?;
         if !self.lease.is_valid() {
-            // The read outlived the lease (a failover, say). What it got
-            // stays pending here; the next owner claims and handles it.
+            // The read outlived the lease (a failover, say). Keep what it got
+            // held; it stays pending here and the next owner claims it.
+            self.put_back(batch);
             self.fenced = true;
             return Ok(());
         }
@@ -245,7 +263,7 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
     /// queue them before anything new. Claiming counts as a delivery, so a
     /// message that keeps killing its consumers reaches `max_attempts`.
     async fn take_over_pending(&mut self) -> Result<()> {
-        let mut cursor = "0-0".to_owned();
+        let mut cursor = EntryId::MIN;
         let mut claimed = Vec::new();
         loop {
             let cmd = redis::cmd("XAUTOCLAIM")
@@ -253,20 +271,19 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
                 .arg(self.group())
                 .arg(self.me())
                 .arg(0)
-                .arg(&cursor)
+                .arg(cursor)
                 .arg("COUNT")
                 .arg(1000)
                 .to_owned();
             let reply: Value = self.shared.client.query("claim pending", &cmd).await?;
             let (next, entries, deleted) = parse_autoclaim(reply)?;
             claimed.extend(entries.into_iter().filter(|e| !e.fields.is_empty()));
-            self.report_deleted(&deleted);
+            self.report_lost(deleted.len(), deleted.first());
             if next == EntryId::MIN {
                 break;
             }
-            cursor = next.to_string();
+            cursor = next;
         }
-        // The delivery count of every entry now pending with this worker.
         let counts = self.own_pending_counts().await?;
         claimed.sort_by_key(|e| e.entry_id);
         if !claimed.is_empty() {
@@ -279,7 +296,7 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
         }
         for raw in claimed {
             let deliveries = counts.get(&raw.entry_id).copied().unwrap_or(1);
-            self.ready.push_back(Held { raw, deliveries });
+            self.ready.push_back(Held::new(raw, deliveries));
         }
         self.remove_dead_consumers().await
     }
@@ -299,26 +316,24 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
                 .to_owned();
             let rows: Vec<(String, String, u64, u32)> =
                 self.shared.client.query("pending counts", &cmd).await?;
-            let Some(last) = rows.last().map(|r| r.0.clone()) else {
-                break;
-            };
             for (id, _, _, deliveries) in &rows {
                 counts.insert(parse_id(id)?, *deliveries);
             }
-            if rows.len() < 1000 {
-                break;
+            match rows.last() {
+                Some((last, ..)) if rows.len() == 1000 => {
+                    start = parse_id(last)?.next().to_string()
+                }
+                _ => break,
             }
-            start = parse_id(&last)?.next().to_string();
         }
         Ok(counts)
     }
 
-    /// After a failed read the server may have delivered entries whose reply
-    /// never arrived. They are pending with this consumer but held nowhere;
-    /// take them back so they are not stranded until the next takeover.
+    /// Entries pending with this consumer that it holds nowhere: delivered
+    /// by a read whose reply was lost. Queue them, oldest first, so they are
+    /// not stranded until the next takeover.
     async fn adopt_orphans(&mut self) -> Result<()> {
-        // Acknowledgements in flight count as held; wait for them first.
-        let _ = self.settle_acks().await;
+        self.settle_acks().await?;
         let counts = self.own_pending_counts().await?;
         let held: HashSet<EntryId> = self
             .ready
@@ -333,6 +348,13 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
             .filter(|(id, _)| !held.contains(id))
             .collect();
         orphans.sort();
+        if !orphans.is_empty() {
+            tracing::warn!(
+                partition = self.partition(),
+                count = orphans.len(),
+                "adopting entries a lost read left pending"
+            );
+        }
         for (id, deliveries) in orphans {
             let cmd = redis::cmd("XRANGE")
                 .arg(&self.keys.stream)
@@ -341,9 +363,9 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
                 .to_owned();
             let reply: Value = self.shared.client.query("read orphan", &cmd).await?;
             match RawEntry::list_from_value(reply)?.pop() {
-                Some(raw) => self.enqueue(Held { raw, deliveries }),
+                Some(raw) => self.enqueue(Held::new(raw, deliveries)),
                 None => {
-                    self.report_deleted(&[id]);
+                    self.report_lost(1, Some(&id));
                     self.unacked.push((id, None));
                 }
             }
@@ -351,17 +373,17 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
         Ok(())
     }
 
-    fn report_deleted(&self, deleted: &[EntryId]) {
-        if deleted.is_empty() {
+    fn report_lost(&self, count: usize, first: Option<&EntryId>) {
+        if count == 0 {
             return;
         }
         tracing::error!(
             partition = self.partition(),
-            count = deleted.len(),
-            first = %deleted[0],
+            count,
+            first = ?first,
             "pending entries were deleted from the stream before being acknowledged; they are lost"
         );
-        self.metrics.unacked_trimmed.increment(deleted.len() as u64);
+        self.metrics.unacked_trimmed.increment(count as u64);
     }
 
     /// Queue an entry behind its key if the key is blocked, else to `ready`.
@@ -372,17 +394,25 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
         }
     }
 
+    /// Return a batch that was not handled to the front of `ready`, in order.
+    fn put_back(&mut self, batch: Vec<Held>) {
+        for held in batch.into_iter().rev() {
+            self.ready.push_front(held);
+        }
+    }
+
     async fn next_batch(&mut self) -> Result<Vec<Held>> {
         let size = self.shared.config.batch_size.max(1);
-        let mut batch = self.due_retries().await?;
+        self.promote_due_retries().await?;
+        let mut batch = Vec::new();
         while batch.len() < size {
             let Some(held) = self.ready.pop_front() else {
                 break;
             };
             // A key may have failed since this entry was queued.
             match self.blocked.get_mut(held.raw.key()) {
-                Some(blocked) => blocked.queue.push_back(held),
-                None => batch.push(held),
+                Some(blocked) if !held.retry => blocked.queue.push_back(held),
+                _ => batch.push(held),
             }
         }
         // Only read new entries once everything older has been handed out,
@@ -401,68 +431,111 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
             } else {
                 None
             };
-            for raw in self.read_new(size - batch.len(), block).await? {
-                let held = Held { raw, deliveries: 1 };
-                match self.blocked.get_mut(held.raw.key()) {
-                    Some(blocked) => blocked.queue.push_back(held),
-                    None => batch.push(held),
+            match self.read_new(size - batch.len(), block).await {
+                Ok(entries) => {
+                    for raw in entries {
+                        let held = Held::new(raw, 1);
+                        match self.blocked.get_mut(held.raw.key()) {
+                            Some(blocked) => blocked.queue.push_back(held),
+                            None => batch.push(held),
+                        }
+                    }
+                }
+                Err(err) => {
+                    self.put_back(batch);
+                    return Err(err);
                 }
             }
         }
         Ok(batch)
     }
 
-    /// Failed messages whose backoff has expired, each bumped to its next
-    /// delivery in Redis first.
-    async fn due_retries(&mut self) -> Result<Vec<Held>> {
+    /// Move failed messages whose backoff expired to the front of `ready`,
+    /// each counted as its next delivery in Redis first. `RETRYCOUNT` sets
+    /// the count, so repeating it after an error changes nothing.
+    async fn promote_due_retries(&mut self) -> Result<()> {
         let now = Instant::now();
-        let mut due = Vec::new();
         while self
             .timers
             .peek()
             .is_some_and(|Reverse((at, _))| *at <= now)
         {
-            let Some(Reverse((_, key))) = self.timers.pop() else {
+            let Some(Reverse((at, key))) = self.timers.pop() else {
                 break;
             };
-            let Some(blocked) = self.blocked.get_mut(&key) else {
+            let Some((entry_id, deliveries)) = self
+                .blocked
+                .get(&key)
+                .filter(|b| !b.retrying)
+                .and_then(|b| b.queue.front())
+                .map(|head| (head.raw.entry_id, head.deliveries + 1))
+            else {
                 continue;
             };
-            if blocked.retrying {
-                continue;
-            }
-            if let Some(mut head) = blocked.queue.pop_front() {
-                head.deliveries += 1;
-                blocked.retrying = true;
-                due.push(head);
-            }
-        }
-        let mut batch = Vec::with_capacity(due.len());
-        for head in due {
             let cmd = redis::cmd("XCLAIM")
                 .arg(&self.keys.stream)
                 .arg(self.group())
                 .arg(self.me())
                 .arg(0)
-                .arg(head.raw.entry_id)
+                .arg(entry_id)
                 .arg("RETRYCOUNT")
-                .arg(head.deliveries)
+                .arg(deliveries)
                 .arg("JUSTID")
                 .to_owned();
-            let ids: Vec<String> = self.shared.client.query("count retry", &cmd).await?;
+            let ids: Vec<String> = match self.shared.client.query("count retry", &cmd).await {
+                Ok(ids) => ids,
+                Err(err) => {
+                    self.timers.push(Reverse((at, key)));
+                    return Err(err);
+                }
+            };
             if ids.is_empty() {
-                // Gone from the stream or from the group: nothing to retry.
-                self.report_deleted(&[head.raw.entry_id]);
-                self.unblock(head.raw.key().to_owned());
-            } else {
+                // No longer pending: deleted from the stream, so lost.
+                self.report_lost(1, Some(&entry_id));
+                if let Some(blocked) = self.blocked.get_mut(&key) {
+                    blocked.queue.pop_front();
+                }
+                self.unblock(&key);
+                continue;
+            }
+            let Some(blocked) = self.blocked.get_mut(&key) else {
+                continue;
+            };
+            if let Some(mut head) = blocked.queue.pop_front() {
+                head.deliveries = deliveries;
+                head.retry = true;
+                blocked.retrying = true;
                 self.metrics.retried.increment(1);
-                batch.push(head);
+                self.ready.push_front(head);
             }
         }
-        Ok(batch)
+        Ok(())
     }
 
+    /// Read entries never delivered to the group. A read is sent once and
+    /// never retried: a retry after a lost reply would skip the entries the
+    /// first attempt delivered. After a failure the connection is replaced
+    /// and this consumer's pending list is checked for what the lost reply
+    /// carried before anything new is read.
     async fn read_new(&mut self, count: usize, block: Option<Duration>) -> Result<Vec<RawEntry>> {
+        let reader = match self.reader.clone() {
+            Some(reader) => reader,
+            None => {
+                let reader = self
+                    .shared
+                    .client
+                    .dedicated_connection(self.shared.config.block)
+                    .await?;
+                self.adopt_orphans().await?;
+                if !self.ready.is_empty() {
+                    // Adopted entries go first; read again next step.
+                    self.reader = Some(reader);
+                    return Ok(Vec::new());
+                }
+                self.reader = Some(reader.clone());
+                reader
+            }
+        };
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
             .arg(self.group())
@@ -473,38 +546,44 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
             cmd.arg("BLOCK").arg(block.as_millis().max(1) as u64);
         }
         cmd.arg("STREAMS").arg(&self.keys.stream).arg(">");
-        let config = self.shared.client.config();
-        let reader = self.reader.clone();
-        let reply = retry(
-            "read",
-            config.command_timeout + block.unwrap_or_default(),
-            config.operation_timeout,
-            || {
-                let mut conn = reader.clone();
-                let cmd = &cmd;
-                async move { Ok(cmd.query_async::<Value>(&mut conn).await?) }
-            },
-        )
-        .await;
-        match reply {
-            Ok(reply) => parse_read(reply),
-            Err(Error::Redis(e)) if e.code() == Some("NOGROUP") => {
+        let timeout = self.shared.client.config().command_timeout + block.unwrap_or_default();
+        let mut conn = reader;
+        let reply = match tokio::time::timeout(timeout, cmd.query_async::<Value>(&mut conn)).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(err)) if err.code() == Some("NOGROUP") => {
                 tracing::warn!(
                     partition = self.partition(),
                     "consumer group vanished; recreating it"
                 );
                 self.ensure_group().await?;
-                Ok(Vec::new())
+                return Ok(Vec::new());
             }
-            Err(err) => Err(err),
-        }
+            Ok(Err(err)) => {
+                self.reader = None;
+                return Err(err.into());
+            }
+            Err(_) => {
+                self.reader = None;
+                return Err(Error::Timeout {
+                    operation: "read",
+                    after: timeout,
+                });
+            }
+        };
+        parse_read(reply)
     }
 
     async fn process(&mut self, batch: Vec<Held>) -> Result<()> {
         let max_attempts = self.shared.layout.config.max_attempts;
         let dedupe = self.shared.config.dedupe_ttl.is_some();
-        let already_done = if dedupe {
-            self.processed_markers(&batch).await?
+        let mut already_done = if dedupe {
+            match self.processed_markers(&batch).await {
+                Ok(done) => done,
+                Err(err) => {
+                    self.put_back(batch);
+                    return Err(err);
+                }
+            }
         } else {
             HashSet::new()
         };
@@ -512,17 +591,17 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
         let mut delivered: Vec<Held> = Vec::with_capacity(batch.len());
         for held in batch {
             let entry_id = held.raw.entry_id;
-            if held
+            let for_other_group = held
                 .raw
                 .target_group()
-                .is_some_and(|g| !g.is_empty() && g != self.group())
-            {
-                // A redrive meant for another group.
-                self.unacked.push((entry_id, None));
-                continue;
-            }
-            if already_done.contains(held.raw.message_id()) {
-                self.metrics.duplicates.increment(1);
+                .is_some_and(|g| !g.is_empty() && g != self.group());
+            if for_other_group || already_done.contains(held.raw.message_id()) {
+                // A redrive meant for another group, or a repeat of a
+                // message this group already handled.
+                if !for_other_group {
+                    self.metrics.duplicates.increment(1);
+                }
+                self.release_if_head(&held);
                 self.unacked.push((entry_id, None));
                 continue;
             }
@@ -532,60 +611,28 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
                     "max_deliveries",
                     "delivered too often without an outcome (crashed consumers?)".into(),
                 );
+                self.release_if_head(&held);
                 continue;
             }
             match held.raw.decode::<T>(self.partition(), held.deliveries) {
                 Ok(message) => {
+                    if dedupe {
+                        // A repeat later in this same batch is skipped too.
+                        already_done.insert(message.id.clone());
+                    }
                     messages.push(message);
                     delivered.push(held);
                 }
-                Err(err) => self.dead_letter(&held, err.dlq_reason(), err.to_string()),
+                Err(err) => {
+                    self.dead_letter(&held, err.dlq_reason(), err.to_string());
+                    self.release_if_head(&held);
+                }
             }
         }
         if messages.is_empty() {
             return Ok(());
         }
-        let outcomes = {
-            let _permit = self
-                .shared
-                .permits
-                .acquire()
-                .await
-                .map_err(|_| Error::Config("consumer closed".into()))?;
-            self.metrics.delivered.increment(messages.len() as u64);
-            let started = Instant::now();
-            let count = messages.len();
-            let handling = self.shared.handler.handle(Batch {
-                partition: self.partition(),
-                messages,
-            });
-            // A panicking handler fails its batch; it does not take the
-            // worker (and the partition's lease) down with it.
-            let outcomes = match AssertUnwindSafe(handling).catch_unwind().await {
-                Ok(outcomes) => outcomes,
-                Err(panic) => {
-                    let what = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| (*s).to_owned())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "handler panicked".into());
-                    tracing::error!(partition = self.partition(), panic = %what, "handler panicked; retrying its batch");
-                    Outcomes::retry_all(count, format!("handler panicked: {what}"))
-                }
-            };
-            self.metrics
-                .handler_seconds
-                .record(started.elapsed().as_secs_f64());
-            if !self.lease.is_valid() {
-                tracing::warn!(
-                    partition = self.partition(),
-                    took = ?started.elapsed(),
-                    "a batch outlived the lease; another consumer may have handled the partition meanwhile \
-                     (raise lease_ttl above the longest batch)"
-                );
-            }
-            outcomes
-        };
+        let outcomes = self.handle(messages).await;
         let mut outcomes = outcomes.0.into_iter();
         let mut failed_keys: HashSet<String> = HashSet::new();
         for held in delivered {
@@ -593,22 +640,25 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
                 Outcome::Retry("handler returned no outcome for this message".into())
             });
             if !failed_keys.is_empty() && failed_keys.contains(held.raw.key()) {
-                let key = held.raw.key().to_owned();
-                self.hold_behind(&key, held);
+                self.blocked
+                    .entry(held.raw.key().to_owned())
+                    .or_default()
+                    .queue
+                    .push_back(held);
                 continue;
             }
             match outcome {
                 Outcome::Ack => {
-                    self.release_if_head(held.raw.key());
+                    self.release_if_head(&held);
                     let mark = dedupe.then(|| held.raw.message_id().to_owned());
                     self.unacked.push((held.raw.entry_id, mark));
                 }
                 Outcome::Reject(reason) => {
-                    self.release_if_head(held.raw.key());
+                    self.release_if_head(&held);
                     self.dead_letter(&held, "rejected", reason);
                 }
                 Outcome::Retry(error) if held.deliveries >= max_attempts => {
-                    self.release_if_head(held.raw.key());
+                    self.release_if_head(&held);
                     self.dead_letter(&held, "max_attempts", error);
                 }
                 Outcome::Retry(error) => {
@@ -616,7 +666,10 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
                     tracing::debug!(partition = self.partition(), %key, attempt = held.deliveries, %error, "will retry");
                     let wait = self.shared.layout.config.retry.delay_after(held.deliveries);
                     let blocked = self.blocked.entry(key.clone()).or_default();
-                    blocked.queue.push_front(held);
+                    blocked.queue.push_front(Held {
+                        retry: false,
+                        ..held
+                    });
                     blocked.retrying = false;
                     self.timers
                         .push(Reverse((Instant::now() + wait, key.clone())));
@@ -627,24 +680,56 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
         Ok(())
     }
 
-    /// Queue `held` behind the failed message of its key.
-    fn hold_behind(&mut self, key: &str, held: Held) {
-        self.blocked
-            .entry(key.to_owned())
-            .or_default()
-            .queue
-            .push_back(held);
+    /// Run the handler on one batch, within the consumer's concurrency limit.
+    async fn handle(&self, messages: Vec<Message<T>>) -> Outcomes {
+        let count = messages.len();
+        let Ok(_permit) = self.shared.permits.acquire().await else {
+            return Outcomes::retry_all(count, "consumer is closing");
+        };
+        self.metrics.delivered.increment(count as u64);
+        let started = Instant::now();
+        let handling = self.shared.handler.handle(Batch {
+            partition: self.partition(),
+            messages,
+        });
+        // A panicking handler fails its batch; it does not take the worker
+        // (and the partition's lease) down with it.
+        let outcomes = match AssertUnwindSafe(handling).catch_unwind().await {
+            Ok(outcomes) => outcomes,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "handler panicked".into());
+                tracing::error!(partition = self.partition(), panic = %what, "handler panicked; retrying its batch");
+                Outcomes::retry_all(count, format!("handler panicked: {what}"))
+            }
+        };
+        self.metrics
+            .handler_seconds
+            .record(started.elapsed().as_secs_f64());
+        if !self.lease.is_valid() {
+            tracing::warn!(
+                partition = self.partition(),
+                took = ?started.elapsed(),
+                "a batch outlived the lease; another consumer may have handled the partition meanwhile \
+                 (raise lease_ttl above the longest batch)"
+            );
+        }
+        outcomes
     }
 
-    /// A retried message of a blocked key is done: let the rest follow.
-    fn release_if_head(&mut self, key: &str) {
-        if !self.blocked.is_empty() && self.blocked.get(key).is_some_and(|b| b.retrying) {
-            self.unblock(key.to_owned());
+    /// `held` is done (acknowledged, skipped or dead-lettered). If it was
+    /// its blocked key's failed message, let the key's queue follow.
+    fn release_if_head(&mut self, held: &Held) {
+        if held.retry {
+            self.unblock(held.raw.key());
         }
     }
 
-    fn unblock(&mut self, key: String) {
-        if let Some(blocked) = self.blocked.remove(&key) {
+    fn unblock(&mut self, key: &str) {
+        if let Some(blocked) = self.blocked.remove(key) {
             self.ready.extend(blocked.queue);
         }
     }
@@ -658,15 +743,16 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
             %error,
             "moving message to the DLQ"
         );
-        let earlier = held.raw.meta.as_ref().map(|m| m.attempts).unwrap_or(0);
         self.undead.push(DeadLetter {
             entry_id: held.raw.entry_id,
             reason,
             error,
-            attempts: earlier.saturating_add(held.deliveries),
+            attempts: held.raw.earlier_attempts().saturating_add(held.deliveries),
         });
     }
 
+    /// Message ids of `batch` that this group already handled: marked in
+    /// Redis, or marked by acknowledgements not yet confirmed.
     async fn processed_markers(&self, batch: &[Held]) -> Result<HashSet<String>> {
         let ids: Vec<&str> = batch.iter().map(|h| h.raw.message_id()).collect();
         let keys: Vec<String> = ids
@@ -675,23 +761,22 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
             .collect();
         let cmd = redis::cmd("MGET").arg(&keys).to_owned();
         let values: Vec<Option<String>> = self.shared.client.query("check processed", &cmd).await?;
+        let unconfirmed: HashSet<&str> = self
+            .unacked
+            .iter()
+            .filter_map(|(_, mark)| mark.as_deref())
+            .chain(self.marks_in_flight.iter().map(String::as_str))
+            .collect();
         Ok(ids
             .into_iter()
             .zip(values)
-            .filter(|(_, v)| v.is_some())
+            .filter(|(id, v)| v.is_some() || unconfirmed.contains(id))
             .map(|(id, _)| id.to_owned())
             .collect())
     }
 
-    /// Send the dead letters and acknowledgements decided so far, and wait
-    /// for them. Whatever fails stays queued for the next attempt.
-    async fn flush(&mut self) -> Result<()> {
-        self.flush_dead_letters().await?;
-        self.settle_acks().await?;
-        self.start_acks();
-        self.settle_acks().await
-    }
-
+    /// Move the queued dead letters. Each move is idempotent, so one whose
+    /// reply was lost is simply sent again.
     async fn flush_dead_letters(&mut self) -> Result<()> {
         while let Some(dead) = self.undead.first() {
             let mut cmd = evalsha(&scripts::DEAD_LETTER, &[&self.keys.stream, &self.keys.dlq]);
@@ -706,18 +791,26 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
                 } else {
                     "0"
                 });
-            let moved: Option<String> = self
+            let status: i64 = self
                 .shared
                 .client
                 .eval("dead-letter", &scripts::DEAD_LETTER, &cmd)
                 .await?;
-            if moved.is_none() {
-                self.report_deleted(&[dead.entry_id]);
+            match status {
+                1 => self.metrics.dead_lettered(dead.reason),
+                -1 => self.report_lost(1, Some(&dead.entry_id)),
+                _ => {}
             }
-            self.metrics.dead_lettered(dead.reason);
             self.undead.remove(0);
         }
         Ok(())
+    }
+
+    /// Send the queued acknowledgements and wait for them.
+    async fn flush_acks(&mut self) -> Result<()> {
+        self.settle_acks().await?;
+        self.start_acks();
+        self.settle_acks().await
     }
 
     /// Send the queued acknowledgements without waiting: the next read
@@ -735,6 +828,8 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
             .filter_map(|(_, mark)| mark.as_deref())
             .map(|id| self.keys.dedupe(&group, id))
             .collect();
+        self.marks_in_flight
+            .extend(batch.iter().filter_map(|(_, mark)| mark.clone()));
         let ttl = self.shared.config.dedupe_ttl;
         self.acks_in_flight = Some(tokio::spawn(async move {
             let ids: Vec<EntryId> = batch.iter().map(|(id, _)| *id).collect();
@@ -750,7 +845,9 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
         let Some(task) = self.acks_in_flight.take() else {
             return Ok(());
         };
-        match task.await {
+        let result = task.await;
+        self.marks_in_flight.clear();
+        match result {
             Ok(Ok(count)) => {
                 self.metrics.acked.increment(count as u64);
                 Ok(())
@@ -774,19 +871,21 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
             ms: now_ms().saturating_sub(retain),
             seq: 0,
         };
-        let mut cmd = evalsha(&scripts::MAINTAIN, &[&self.keys.stream]);
+        let mut cmd = evalsha(&scripts::MAINTAIN, &[&self.keys.stream, &self.keys.lost]);
         cmd.arg(cutoff)
             .arg(self.group())
             .arg(if self.shared.client.capabilities().acked_trim {
                 "1"
             } else {
                 "0"
-            });
-        let (trimmed, lag, pending, oldest, server_now, missing): (
+            })
+            .arg(self.me());
+        let (trimmed, lag, pending, oldest, server_now, missing, own_pending): (
             u64,
             u64,
             u64,
             String,
+            u64,
             u64,
             u64,
         ) = self
@@ -795,28 +894,42 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
             .eval("maintain", &scripts::MAINTAIN, &cmd)
             .await?;
         self.metrics.trimmed.increment(trimmed);
-        if missing > self.missing_reported {
+        if missing > 0 {
             tracing::error!(
                 partition = self.partition(),
                 missing,
                 "entries were removed from the stream before this group read them; they are lost"
             );
-            self.metrics
-                .unacked_trimmed
-                .increment(missing - self.missing_reported);
+            self.metrics.unacked_trimmed.increment(missing);
         }
-        self.missing_reported = missing;
         self.metrics.lag_entries.set((lag + pending) as f64);
         self.metrics.pending.set(pending as f64);
         let age_ms = parse_id(&oldest)
             .map(|id| server_now.saturating_sub(id.ms))
             .unwrap_or(0);
         self.metrics.lag_seconds.set(age_ms as f64 / 1000.0);
+        if own_pending as usize > self.held_count() {
+            // The count includes acknowledgements in flight; wait for them
+            // before concluding anything was left behind.
+            self.settle_acks().await?;
+            if own_pending as usize > self.held_count() {
+                self.adopt_orphans().await?;
+            }
+        }
         if now >= self.next_cleanup {
             self.next_cleanup = now + Duration::from_secs(30);
             self.remove_dead_consumers().await?;
         }
         Ok(())
+    }
+
+    /// Entries this worker holds between steps, not counting
+    /// acknowledgements in flight.
+    fn held_count(&self) -> usize {
+        self.ready.len()
+            + self.blocked.values().map(|b| b.queue.len()).sum::<usize>()
+            + self.unacked.len()
+            + self.undead.len()
     }
 
     /// Remove consumers that are no longer members and hold nothing.

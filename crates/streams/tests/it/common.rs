@@ -123,16 +123,22 @@ pub fn recording(consumer: &str, log: &Log) -> impl Handler<Numbered> + use<> {
     }
 }
 
+impl Seen {
+    pub fn of(consumer: &str, m: &streams::Message<Numbered>) -> Self {
+        Self {
+            key: m.payload.key.clone(),
+            seq: m.payload.seq,
+            consumer: consumer.to_owned(),
+            partition: m.partition,
+            attempt: m.attempt,
+            message_id: m.id.clone(),
+        }
+    }
+}
+
 pub fn record(log: &Log, consumer: &str, batch: &Batch<Numbered>) {
     let mut log = log.lock().expect("log lock");
-    log.extend(batch.messages.iter().map(|m| Seen {
-        key: m.payload.key.clone(),
-        seq: m.payload.seq,
-        consumer: consumer.to_owned(),
-        partition: m.partition,
-        attempt: m.attempt,
-        message_id: m.id.clone(),
-    }));
+    log.extend(batch.messages.iter().map(|m| Seen::of(consumer, m)));
 }
 
 /// A consumer running on the test's runtime, stopped gracefully.

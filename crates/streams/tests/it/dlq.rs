@@ -345,14 +345,7 @@ async fn dedupe_markers_skip_a_resent_message() {
 }
 
 fn record_one(log: &Log, m: &streams::Message<Numbered>) {
-    log.lock().expect("log lock").push(Seen {
-        key: m.payload.key.clone(),
-        seq: m.payload.seq,
-        consumer: String::new(),
-        partition: m.partition,
-        attempt: m.attempt,
-        message_id: m.id.clone(),
-    });
+    log.lock().expect("log lock").push(Seen::of("", m));
 }
 
 /// Record only the messages acknowledged in this batch.
@@ -360,14 +353,7 @@ fn record_acked(log: &Log, batch: &Batch<Numbered>, outcomes: &Outcomes) {
     let mut log = log.lock().expect("log lock");
     for (m, outcome) in batch.messages.iter().zip(&outcomes.0) {
         if *outcome == streams::Outcome::Ack {
-            log.push(Seen {
-                key: m.payload.key.clone(),
-                seq: m.payload.seq,
-                consumer: String::new(),
-                partition: m.partition,
-                attempt: m.attempt,
-                message_id: m.id.clone(),
-            });
+            log.push(Seen::of("", m));
         }
     }
 }
@@ -408,5 +394,63 @@ async fn a_panicking_handler_fails_its_batch_only() {
         log.lock().expect("log").iter().any(|s| s.attempt == 2),
         "the failed batch was delivered again"
     );
+    consumer.stop().await;
+}
+
+/// A handler that fails a repeat of a message it already handled (as a
+/// unique constraint would) must not leave the key stuck: with dedupe on,
+/// the repeat is skipped, and later messages of the key still flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedupe_skips_repeats_in_the_same_batch_and_the_key_flows_on() {
+    let client = shared_client().await;
+    let topic = topic(topic_config(1));
+    let producer = producer(&client);
+    let log = Log::default();
+    let handler = {
+        let log = log.clone();
+        streams::per_message(move |m: streams::Message<Numbered>| {
+            let log = log.clone();
+            async move {
+                let mut log = log.lock().expect("log");
+                if log.iter().any(|s| s.message_id == m.id) {
+                    return Err(streams::Failure::Retry("already handled".into()));
+                }
+                log.push(Seen::of("", &m));
+                Ok(())
+            }
+        })
+    };
+    let first = Numbered {
+        key: "k".into(),
+        seq: 1,
+    };
+    let second = Numbered {
+        key: "k".into(),
+        seq: 2,
+    };
+    // Both copies and the next message before the consumer starts, so
+    // they arrive in one batch.
+    for message in [
+        streams::Outgoing::new("k", &first).with_id("same-id"),
+        streams::Outgoing::new("k", &first).with_id("same-id"),
+        streams::Outgoing::new("k", &second),
+    ] {
+        producer
+            .send_batch(&topic, [message])
+            .await
+            .expect("encode")[0]
+            .as_ref()
+            .expect("send");
+    }
+    let mut config = consumer_config("dedupe-batch");
+    config.dedupe_ttl = Some(Duration::from_secs(60));
+    let consumer = Running::start(&client, &topic, config, handler);
+    wait_until(
+        Duration::from_secs(10),
+        "the next message of the key",
+        || async { per_key(&log).get("k").is_some_and(|s| s.contains(&2)) },
+    )
+    .await;
+    assert_eq!(per_key(&log)["k"], [1, 2]);
     consumer.stop().await;
 }

@@ -95,46 +95,8 @@ async fn inspection_reports_lag_owners_memory_and_finds_messages() {
     // Paging forward and backward over one partition visits every entry once.
     let partition = topic.partition_for("key-0");
     let length = report.partitions[usize::from(partition)].length as usize;
-    let mut forward = Vec::new();
-    let mut cursor = None;
-    loop {
-        let page = inspector
-            .browse(
-                topic.layout(),
-                partition,
-                StreamLog::Stream,
-                Direction::Forward,
-                cursor,
-                7,
-            )
-            .await
-            .expect("page");
-        forward.extend(page.entries.iter().map(|e| e.entry_id));
-        match page.next {
-            Some(next) => cursor = Some(next),
-            None => break,
-        }
-    }
-    let mut backward = Vec::new();
-    let mut cursor = None;
-    loop {
-        let page = inspector
-            .browse(
-                topic.layout(),
-                partition,
-                StreamLog::Stream,
-                Direction::Backward,
-                cursor,
-                9,
-            )
-            .await
-            .expect("page");
-        backward.extend(page.entries.iter().map(|e| e.entry_id));
-        match page.next {
-            Some(next) => cursor = Some(next),
-            None => break,
-        }
-    }
+    let forward = all_pages(&inspector, &topic, partition, Direction::Forward, 7).await;
+    let mut backward = all_pages(&inspector, &topic, partition, Direction::Backward, 9).await;
     assert_eq!(forward.len(), length);
     backward.reverse();
     assert_eq!(forward, backward);
@@ -174,4 +136,34 @@ async fn inspection_reports_lag_owners_memory_and_finds_messages() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     consumer.stop().await;
+}
+
+/// Every entry id of a partition's stream, page by page.
+async fn all_pages(
+    inspector: &Inspector,
+    topic: &streams::Topic<Numbered>,
+    partition: u16,
+    direction: Direction,
+    page_size: usize,
+) -> Vec<streams::EntryId> {
+    let mut ids = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = inspector
+            .browse(
+                topic.layout(),
+                partition,
+                StreamLog::Stream,
+                direction,
+                cursor,
+                page_size,
+            )
+            .await
+            .expect("page");
+        ids.extend(page.entries.iter().map(|e| e.entry_id));
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => return ids,
+        }
+    }
 }
