@@ -148,3 +148,77 @@ async fn placement_is_balanced_over_the_masters() {
     assert!(placement.is_balanced(), "{:?}", placement.per_master);
     assert!(placement.per_master.values().all(|n| *n == 2));
 }
+
+/// A hand-over waits for the old owner's batch: with batches longer than
+/// the lease TTL, the new owner still never handles a partition while the
+/// old one is at work on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hand_over_never_overlaps_a_running_batch() {
+    let client = shared_client().await;
+    let topic = topic(topic_config(2));
+    produce_numbered(&producer(&client), &topic, 8, 20).await;
+    type Span = (String, u16, std::time::Instant, std::time::Instant, usize);
+    let spans: std::sync::Arc<std::sync::Mutex<Vec<Span>>> = Default::default();
+    let slow = |name: &'static str| {
+        let spans = spans.clone();
+        move |batch: streams::Batch<Numbered>| {
+            let spans = spans.clone();
+            async move {
+                let started = std::time::Instant::now();
+                // Longer than the 1.5 s lease TTL of the test consumers.
+                tokio::time::sleep(Duration::from_millis(2500)).await;
+                spans.lock().expect("spans").push((
+                    name.to_owned(),
+                    batch.partition,
+                    started,
+                    std::time::Instant::now(),
+                    batch.len(),
+                ));
+                batch.ack_all()
+            }
+        }
+    };
+    let mut config = consumer_config("handover");
+    config.batch_size = 40;
+    let first = Running::start(&client, &topic, config.clone(), slow("first"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    config.consumer_name = test_support::unique_name("c");
+    let second = Running::start(&client, &topic, config, slow("second"));
+    let all_handled = || {
+        let spans = spans.clone();
+        async move {
+            spans
+                .lock()
+                .expect("spans")
+                .iter()
+                .map(|s| s.4)
+                .sum::<usize>()
+                >= 160
+        }
+    };
+    wait_until(
+        Duration::from_secs(60),
+        "every message handled",
+        all_handled,
+    )
+    .await;
+    first.stop().await;
+    second.stop().await;
+    let spans = spans.lock().expect("spans").clone();
+    assert!(
+        spans.iter().any(|s| s.0 == "second"),
+        "the second consumer took a partition over"
+    );
+    for a in &spans {
+        for b in &spans {
+            if a.0 != b.0 && a.1 == b.1 {
+                let overlap = a.2 < b.3 && b.2 < a.3;
+                assert!(
+                    !overlap,
+                    "partition {} handled by {} and {} at once",
+                    a.1, a.0, b.0
+                );
+            }
+        }
+    }
+}
