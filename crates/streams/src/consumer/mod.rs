@@ -165,6 +165,27 @@ pub(crate) async fn ensure_partition_group(
         .to_owned();
     match client.query::<()>("create group", &cmd).await {
         Err(crate::Error::Redis(err)) if err.code() == Some("BUSYGROUP") => Ok(()),
+        // A full node refuses XGROUP CREATE even when the group exists;
+        // consumers must still start there, to drain it.
+        Err(crate::Error::Redis(err)) if crate::error::is_out_of_memory(&err) => {
+            let groups: Vec<std::collections::HashMap<String, redis::Value>> = client
+                .query(
+                    "list groups",
+                    redis::cmd("XINFO").arg("GROUPS").arg(&keys.stream),
+                )
+                .await?;
+            let exists = groups.iter().any(|g| {
+                g.get("name")
+                    .cloned()
+                    .and_then(|v| crate::envelope::text(v).ok())
+                    .is_some_and(|name| name == group)
+            });
+            if exists {
+                Ok(())
+            } else {
+                Err(crate::Error::Redis(err))
+            }
+        }
         other => other,
     }
 }

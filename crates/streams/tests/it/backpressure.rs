@@ -253,3 +253,132 @@ async fn redis_connection() -> redis::cluster_async::ClusterConnection {
         .await
         .expect("connection")
 }
+
+/// A node at `maxmemory` (with `noeviction`) refuses appends, reported as
+/// backpressure; consumers still read, acknowledge and trim, so the node
+/// drains and producers get through again. Nothing accepted is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_node_refuses_appends_until_consumers_drain_it() {
+    let cluster = tokio::task::spawn_blocking(test_support::RedisCluster::start)
+        .await
+        .expect("join")
+        .expect("private cluster");
+    let client = connect(cluster.urls()).await;
+    let mut config = topic_config(1);
+    config.retain_acked = Duration::ZERO;
+    config.capacity = 10_000_000;
+    let topic = topic(config);
+    streams::ensure_group(
+        &client,
+        topic.layout(),
+        "drain",
+        streams::StartFrom::Beginning,
+    )
+    .await
+    .expect("group");
+    let master = cluster
+        .master_of_slot(topic.layout().partitions[0].slot)
+        .expect("master");
+    let used = node_used_memory(master);
+    set_maxmemory(master, used + 4 * 1024 * 1024);
+
+    let producer = producer(&client);
+    let mut accepted = 0usize;
+    let mut refusal = None;
+    for round in 0..1000u64 {
+        let messages: Vec<Numbered> = (0..1000)
+            .map(|i| Numbered {
+                key: format!("key-{i:04}-{}", "x".repeat(40)),
+                seq: round,
+            })
+            .collect();
+        let results = producer
+            .send_batch(&topic, messages.iter().map(|m| Outgoing::new(&m.key, m)))
+            .await
+            .expect("encode");
+        accepted += results.iter().filter(|r| r.is_ok()).count();
+        if let Some(Err(err)) = results.into_iter().find(Result::is_err) {
+            refusal = Some(err);
+            break;
+        }
+    }
+    match refusal {
+        Some(Error::Backpressure(b)) => assert_eq!(b.reason, BackpressureReason::NodeOutOfMemory),
+        other => panic!("expected the node to fill up, got {other:?}"),
+    }
+    assert!(accepted > 0);
+    // Keep the node full whatever its buffers do meanwhile: only removing
+    // stream entries brings it back under the limit.
+    set_maxmemory(master, node_used_memory(master) - 1024 * 1024);
+    assert!(
+        producer
+            .send(
+                &topic,
+                "probe",
+                &Numbered {
+                    key: "probe".into(),
+                    seq: 0
+                }
+            )
+            .await
+            .is_err()
+    );
+
+    let log = Log::default();
+    let consumer = Running::start(
+        &client,
+        &topic,
+        consumer_config("drain"),
+        recording("drain", &log),
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "every accepted message handled",
+        || async { seen_count(&log) >= accepted },
+    )
+    .await;
+    let probe = Numbered {
+        key: "probe".into(),
+        seq: 0,
+    };
+    wait_until(
+        Duration::from_secs(30),
+        "appends accepted again",
+        || async { producer.send(&topic, "probe", &probe).await.is_ok() },
+    )
+    .await;
+    consumer.stop().await;
+    let handled: usize = per_key(&log)
+        .iter()
+        .filter(|(key, _)| key.as_str() != "probe")
+        .map(|(_, seqs)| seqs.len())
+        .sum();
+    assert_eq!(handled, accepted, "each accepted message handled once");
+}
+
+fn node_used_memory(port: u16) -> u64 {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "INFO", "memory"])
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("used_memory")
+}
+
+fn set_maxmemory(port: u16, bytes: u64) {
+    let status = std::process::Command::new("redis-cli")
+        .args([
+            "-p",
+            &port.to_string(),
+            "CONFIG",
+            "SET",
+            "maxmemory",
+            &bytes.to_string(),
+        ])
+        .status()
+        .expect("redis-cli");
+    assert!(status.success());
+}

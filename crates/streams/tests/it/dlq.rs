@@ -454,3 +454,79 @@ async fn dedupe_skips_repeats_in_the_same_batch_and_the_key_flows_on() {
     assert_eq!(per_key(&log)["k"], [1, 2]);
     consumer.stop().await;
 }
+
+/// Redis failing in the middle of a retry (here: refusing the XCLAIM that
+/// counts the attempt) loses nothing and keeps the key's order: the retry
+/// happens once Redis answers again, and the key's later messages follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_retry_step_is_retried_without_losing_the_key() {
+    let urls = test_support::shared_redis_urls();
+    let user = test_support::unique_name("flaky");
+    let acl = |rule: &str| {
+        for url in &urls {
+            let port = url.rsplit(':').next().expect("port");
+            let status = std::process::Command::new("redis-cli")
+                .args(["-p", port, "ACL", "SETUSER", &user, rule])
+                .output()
+                .expect("redis-cli");
+            assert!(status.status.success());
+        }
+    };
+    acl("reset");
+    acl("on");
+    acl(">secret");
+    acl("~*");
+    acl("&*");
+    acl("+@all");
+    let as_user: Vec<String> = urls
+        .iter()
+        .map(|u| u.replacen("redis://", &format!("redis://{user}:secret@"), 1))
+        .collect();
+    let client = connect(as_user).await;
+    let mut config = topic_config(1);
+    config.retry.min_delay = Duration::from_millis(400);
+    config.retry.max_delay = Duration::from_millis(400);
+    let topic = topic(config);
+    let log = Log::default();
+    let failed_once = Arc::new(AtomicBool::new(false));
+    let handler = {
+        let (log, failed_once) = (log.clone(), failed_once.clone());
+        streams::per_message(move |m: streams::Message<Numbered>| {
+            let (log, failed_once) = (log.clone(), failed_once.clone());
+            async move {
+                if m.payload.seq == 0 && !failed_once.swap(true, Ordering::SeqCst) {
+                    return Err(streams::Failure::Retry("first try fails".into()));
+                }
+                record_one(&log, &m);
+                Ok(())
+            }
+        })
+    };
+    let consumer = Running::start(&client, &topic, consumer_config("flaky"), handler);
+    produce_numbered(&producer(&client), &topic, 1, 3).await;
+    wait_until(Duration::from_secs(10), "the first failure", || async {
+        failed_once.load(Ordering::SeqCst)
+    })
+    .await;
+    // During the backoff, take XCLAIM away, then give it back.
+    acl("-xclaim");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        seen_count(&log),
+        0,
+        "nothing of the key runs while its retry cannot be counted"
+    );
+    acl("+xclaim");
+    wait_until(Duration::from_secs(10), "the key's messages", || async {
+        seen_count(&log) == 3
+    })
+    .await;
+    assert_eq!(per_key(&log)["key-0"], [0, 1, 2]);
+    consumer.stop().await;
+    for url in &urls {
+        let port = url.rsplit(':').next().expect("port");
+        let _ = std::process::Command::new("redis-cli")
+            .args(["-p", port, "ACL", "DELUSER", &user])
+            .output();
+    }
+}
