@@ -17,7 +17,8 @@
 //!   acknowledged and skipped. This removes repeats of kinds 2 and 3 that
 //!   arrive within the TTL. It cannot remove kind 1: the crash happened
 //!   before the marker was written.
-//! * **The handler's own transaction** ([`postgres::first_delivery`]): the
+//! * **The handler's own transaction** (`postgres::first_delivery`, feature
+//!   `postgres`): the
 //!   handler records the message id in the same database transaction as its
 //!   effects. A repeat finds the row and changes nothing. This removes all
 //!   three kinds, for effects that live in that database; it is the only

@@ -20,10 +20,9 @@
 //!   with [`Backpressure`]; nothing is ever trimmed to make room.
 //! * [`Consumer`] runs a group member. Each partition is processed by one
 //!   live consumer at a time (leases + heartbeat), so per-key order holds
-//!   while partitions run in parallel ([`consumer`]). Failed messages retry
-//!   with backoff without stalling other keys, then go to the DLQ
-//!   ([`consumer::worker`](consumer)). Dead consumers' pending entries are
-//!   claimed and handled again.
+//!   while partitions run in parallel. Failed messages retry with backoff
+//!   without stalling other keys, then go to the DLQ ([`consumer`]). Dead
+//!   consumers' pending entries are claimed and handled again.
 //! * Retention only removes entries every group has acknowledged.
 //! * [`inspect`] and [`redrive`] serve the admin UI and monitoring.
 //!

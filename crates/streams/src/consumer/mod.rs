@@ -25,8 +25,32 @@
 //! group.
 //!
 //! # Retries and the DLQ
-//! See [`worker`] for how a failed message waits without stalling other
-//! keys.
+//! A failed message stays pending in Redis (its delivery count, set with
+//! `XCLAIM ... RETRYCOUNT` before each retry, survives a crash), and its key
+//! is *blocked* in memory: later messages of that key queue behind it, while
+//! messages of every other key keep flowing. When the backoff expires the
+//! failed message is delivered alone; on success (or once it is
+//! dead-lettered) the queued messages of its key follow, in order.
+//!
+//! The trade-off: a poison key stalls only itself, and only for the sum of
+//! its backoffs (bounded by `max_attempts` and the policy's `max_delay`).
+//! Its order is kept up to the dead-lettering of the poison message, which
+//! then leaves the sequence; a later redrive delivers it after messages that
+//! were produced after it. Blocking the whole partition instead would keep
+//! strict order across the DLQ at the price of stalling every key behind one
+//! bad message, which is what the design avoids. Held messages live in
+//! memory but remain pending in Redis, so a crash loses none of them: the
+//! next owner claims them in id order. A handover restarts their backoffs,
+//! and counts as a delivery of every pending message, held ones included.
+//!
+//! A dead letter records why (`dlq.reason`): `max_attempts` (the handler
+//! kept failing), `rejected` (the handler said it never will succeed),
+//! `unknown_schema` or `decode_error` (the entry cannot become a message;
+//! the handler never sees it), `max_deliveries` (delivered more often than
+//! `max_attempts` without an outcome: consumers crashed on it). It also
+//! keeps the error, the attempts, the origin entry id, the group, the
+//! consumer and the time.
+//!
 
 mod handler;
 mod worker;

@@ -1,23 +1,6 @@
 //! The worker that processes one owned partition.
 //!
-//! # How a retry waits
-//! A failed message stays pending in Redis (its delivery count, set with
-//! `XCLAIM ... RETRYCOUNT` before each retry, survives a crash), and its key
-//! is *blocked* in memory: later messages of that key queue behind it, while
-//! messages of every other key keep flowing. When the backoff expires the
-//! failed message is delivered alone; on success (or once it is
-//! dead-lettered) the queued messages of its key follow, in order.
-//!
-//! The trade-off: a poison key stalls only itself, and only for the sum of
-//! its backoffs (bounded by `max_attempts` and the policy's `max_delay`).
-//! Its order is kept up to the dead-lettering of the poison message, which
-//! then leaves the sequence; a later redrive delivers it after messages that
-//! were produced after it. Blocking the whole partition instead would keep
-//! strict order across the DLQ at the price of stalling every key behind one
-//! bad message, which is what the design avoids. Held messages live in
-//! memory but remain pending in Redis, so a crash loses none of them: the
-//! next owner claims them in id order. A handover restarts their backoffs,
-//! and counts as a delivery of every pending message, held ones included.
+//! How retries wait is described in the [`consumer`](super) module.
 //!
 //! # Invariant
 //! Every entry delivered to this consumer and not yet acknowledged or
