@@ -211,7 +211,7 @@ impl Producer {
         chunk: &[(usize, Encoded)],
     ) -> Result<Vec<EntryId>> {
         let keys = layout.partition(partition)?;
-        let mut cmd = evalsha(&scripts::PRODUCE, &[&keys.stream]);
+        let mut cmd = evalsha(&scripts::PRODUCE, &[&keys.stream, &keys.lost]);
         cmd.arg(layout.config.capacity).arg(Encoded::WIDTH);
         for (_, encoded) in chunk {
             encoded.write_fields(&mut cmd);

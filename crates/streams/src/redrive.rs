@@ -59,7 +59,10 @@ pub async fn redrive(
     }
     let mut report = RedriveReport::default();
     loop {
-        let mut cmd = evalsha(&scripts::REDRIVE, &[&keys.dlq, &keys.stream, &keys.audit]);
+        let mut cmd = evalsha(
+            &scripts::REDRIVE,
+            &[&keys.dlq, &keys.stream, &keys.audit, &keys.lost],
+        );
         cmd.arg(layout.config.capacity)
             .arg(actor)
             .arg(from)

@@ -49,10 +49,10 @@ end
 -- Entries the slowest group has not acknowledged: not yet delivered (lag)
 -- plus delivered and pending. When Redis cannot tell the lag (an XDEL in
 -- the unread range), count the whole stream: refusing too early is safe,
--- accepting too much is not. For the same reason entries that something
--- else removed unread, which Redis 7.0 keeps counting in the lag, are not
--- subtracted here; the result never exceeds the stream's length.
-local function backlog(stream)
+-- accepting too much is not. Entries something else removed unread stay
+-- in Redis 7.0's lag for good; `lost_key` holds how many per group (kept by
+-- the MAINTAIN script) and they are left out.
+local function backlog(stream, lost_key)
   local len = redis.call('XLEN', stream)
   if len == 0 then return 0 end
   local groups = groups_of(stream)
@@ -61,7 +61,10 @@ local function backlog(stream)
   for _, g in ipairs(groups) do
     local lag = g['lag']
     local b = len
-    if type(lag) == 'number' then b = lag + g['pending'] end
+    if type(lag) == 'number' then
+      local lost = tonumber(redis.call('HGET', lost_key, g['name']) or '0')
+      b = math.max(lag - lost, 0) + g['pending']
+    end
     if b > worst then worst = b end
   end
   if worst > len then worst = len end
@@ -84,7 +87,8 @@ fn stream_script(body: &str) -> Script {
 
 /// Append a batch if the partition has room, in one atomic step.
 ///
-/// KEYS[1] stream. ARGV[1] capacity, ARGV[2] arguments per entry, then the
+/// KEYS[1] stream, KEYS[2] lost-count hash. ARGV[1] capacity, ARGV[2]
+/// arguments per entry, then the
 /// entries' field/value arguments. Appends the longest prefix that fits and
 /// returns `{backlog_before, id...}`.
 pub static PRODUCE: LazyLock<Script> = LazyLock::new(|| {
@@ -94,7 +98,7 @@ local stream = KEYS[1]
 local capacity = tonumber(ARGV[1])
 local width = tonumber(ARGV[2])
 local count = (#ARGV - 2) / width
-local used = backlog(stream)
+local used = backlog(stream, KEYS[2])
 local room = capacity - used
 if room < count then count = math.max(room, 0) end
 local reply = {used}
@@ -121,9 +125,10 @@ return reply
 ///
 /// KEYS[1] stream, KEYS[2] dlq. ARGV: group, entry id, reason, error,
 /// attempts, consumer, `1` when the server has XACKDEL. Returns 1 when
-/// moved, 0 when the entry was no longer pending for the group (an earlier
-/// call already moved it: the script is safe to repeat), -1 when it was
-/// pending but deleted from the stream (lost; the pending entry is cleared).
+/// moved, 0 when the entry is no longer pending with this consumer (an
+/// earlier call moved it, so the script is safe to repeat; or another
+/// consumer took it over), -1 when it was pending but deleted from the
+/// stream (lost; the pending entry is cleared).
 ///
 /// The delete waits until the entry is older than every group's last
 /// delivered id: deleting the newest delivered entry would leave Redis 7.0
@@ -134,7 +139,8 @@ pub static DEAD_LETTER: LazyLock<Script> = LazyLock::new(|| {
         r#"
 local stream, dlq = KEYS[1], KEYS[2]
 local group, id = ARGV[1], ARGV[2]
-if #redis.call('XPENDING', stream, group, id, id, 1) == 0 then return 0 end
+local pending = redis.call('XPENDING', stream, group, id, id, 1)[1]
+if not pending or pending[2] ~= ARGV[6] then return 0 end
 local found = redis.call('XRANGE', stream, id, id)[1]
 if not found then
   redis.call('XACK', stream, group, id)
@@ -168,26 +174,29 @@ return 1
 /// first undelivered one.
 ///
 /// Also finds entries something else removed before the group read them.
-/// Redis keeps counting such entries in the group's lag (entries added
-/// minus entries read) for good; when every stored entry is unread, the lag
-/// beyond the stream's length is that count. KEYS[2] records, per group,
-/// how much of it was already reported, so each loss counts once.
+/// Redis 7.0 keeps counting such entries in the group's lag (entries added
+/// minus entries read) for good. The script counts the stored unread
+/// entries directly (up to a bound, past which it cannot tell) and takes
+/// the lag beyond them as lost; KEYS[2] records, per group, how many were
+/// already reported, so each loss counts once and backpressure leaves them
+/// out.
 ///
 /// KEYS[1] stream, KEYS[2] lost-count hash. ARGV[1] cutoff id, ARGV[2]
 /// group whose figures to report, ARGV[3] `1` when the server supports
-/// `XTRIM ... ACKED`, ARGV[4] consumer. Returns `{trimmed, lag, pending,
+/// `XTRIM ... ACKED`, ARGV[4] consumer. Returns `{trimmed, unread, pending,
 /// oldest unacknowledged id or '', now ms, newly lost, pending with the
-/// consumer}`; `lag` leaves out the entries already known lost.
+/// consumer}`.
 pub static MAINTAIN: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "#!lua flags=allow-oom\n{PRELUDE}\n{}",
         r#"
 local stream, lost_key = KEYS[1], KEYS[2]
 local group, me = ARGV[2], ARGV[4]
+local probe = 100
 local now = now_ms()
 if redis.call('EXISTS', stream) == 0 then return {0, 0, 0, '', now, 0, 0} end
 local floor = ARGV[1]
-local lag, pending, oldest, missing, mine = 0, 0, '', 0, 0
+local unread, pending, oldest, missing, mine = 0, 0, '', 0, 0
 local groups = groups_of(stream)
 for _, g in ipairs(groups) do
   local summary = redis.call('XPENDING', stream, g['name'])
@@ -201,21 +210,29 @@ for _, g in ipairs(groups) do
         if c[1] == me then mine = tonumber(c[2]) end
       end
     end
-    local len = redis.call('XLEN', stream)
+    local last = g['last-delivered-id']
+    local stored = nil
+    local info = redis.call('XINFO', 'STREAM', stream)
+    for i = 1, #info, 2 do
+      if info[i] == 'last-generated-id' and id_cmp(last, info[i + 1]) >= 0 then stored = 0 end
+    end
+    if stored == nil then
+      local after = #redis.call('XRANGE', stream, '(' .. last, '+', 'COUNT', probe)
+      if after < probe then stored = after end
+    end
     local known = tonumber(redis.call('HGET', lost_key, group) or '0')
-    if type(g['lag']) == 'number' then
-      local head = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
-      if head == nil or id_cmp(head[1], g['last-delivered-id']) > 0 then
-        local beyond = math.max(g['lag'] - len, 0)
-        if beyond > known then missing = beyond - known end
-        if beyond ~= known then
-          redis.call('HSET', lost_key, group, beyond)
-          known = beyond
-        end
-      end
-      lag = math.max(g['lag'] - known, 0)
+    if type(g['lag']) == 'number' and stored ~= nil then
+      local beyond = math.max(g['lag'] - stored, 0)
+      if beyond > known then missing = beyond - known end
+      if beyond ~= known then redis.call('HSET', lost_key, group, beyond) end
+      known = beyond
+    end
+    if stored ~= nil then
+      unread = stored
+    elseif type(g['lag']) == 'number' then
+      unread = math.max(g['lag'] - known, 0)
     else
-      lag = len
+      unread = redis.call('XLEN', stream)
     end
     local entry = redis.call('XRANGE', stream, first, '+', 'COUNT', 1)[1]
     if summary[1] > 0 then oldest = first elseif entry then oldest = entry[1] end
@@ -229,7 +246,7 @@ if #groups > 0 then
     trimmed = redis.call('XTRIM', stream, 'MINID', floor)
   end
 end
-return {trimmed, lag, pending, oldest, now, missing, mine}
+return {trimmed, unread, pending, oldest, now, missing, mine}
 "#
     ))
 });
@@ -251,7 +268,8 @@ return acked
 /// Replay DLQ entries back into their partition, oldest first so that
 /// each key keeps its order, each replay recorded in the audit stream.
 ///
-/// KEYS[1] dlq, KEYS[2] stream, KEYS[3] audit. ARGV[1] capacity, ARGV[2]
+/// KEYS[1] dlq, KEYS[2] stream, KEYS[3] audit, KEYS[4] lost-count hash.
+/// ARGV[1] capacity, ARGV[2]
 /// actor, ARGV[3] first id, ARGV[4] last id, ARGV[5] most entries.
 /// Returns `{replayed, last_dlq_id or '', stopped_by_capacity (0/1)}`.
 pub static REDRIVE: LazyLock<Script> = LazyLock::new(|| {
@@ -260,7 +278,7 @@ pub static REDRIVE: LazyLock<Script> = LazyLock::new(|| {
 local dlq, stream, audit = KEYS[1], KEYS[2], KEYS[3]
 local capacity = tonumber(ARGV[1])
 local entries = redis.call('XRANGE', dlq, ARGV[3], ARGV[4], 'COUNT', ARGV[5])
-local room = capacity - backlog(stream)
+local room = capacity - backlog(stream, KEYS[4])
 local replayed, last = 0, ''
 local now = tostring(now_ms())
 for _, e in ipairs(entries) do

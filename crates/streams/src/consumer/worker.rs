@@ -131,6 +131,7 @@ struct Worker<T, H> {
     next_cleanup: Instant,
     /// Set once the worker must not handle anything more.
     fenced: bool,
+    next_dead_letter_attempt: Instant,
     _payload: std::marker::PhantomData<fn() -> T>,
 }
 
@@ -162,6 +163,7 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
             next_maintenance: Instant::now(),
             next_cleanup: Instant::now(),
             fenced: false,
+            next_dead_letter_attempt: Instant::now(),
             _payload: std::marker::PhantomData,
         };
         worker.ensure_group().await?;
@@ -204,17 +206,27 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
                 }
             }
         }
-        // Finish what was handled: dead letters and acknowledgements.
-        if let Err(err) = self.flush_dead_letters().await {
+        // Finish what was handled: dead letters and acknowledgements. Not
+        // after losing the lease: the next owner may hold those entries now.
+        if !self.fenced
+            && self.lease.is_valid()
+            && let Err(err) = self.flush_dead_letters().await
+        {
             tracing::warn!(partition = self.partition(), %err, "could not dead-letter on stop; the next owner will retry");
         }
-        if let Err(err) = self.flush_acks().await {
-            tracing::warn!(partition = self.partition(), %err, "could not acknowledge on stop; the next owner will handle those entries again");
+        for attempt in 1..=3 {
+            match self.flush_acks().await {
+                Ok(()) => break,
+                Err(err) if attempt == 3 => {
+                    tracing::warn!(partition = self.partition(), %err, "could not acknowledge on stop; the next owner will handle those entries again");
+                }
+                Err(_) => {}
+            }
         }
     }
 
     async fn step(&mut self) -> Result<()> {
-        self.flush_dead_letters().await?;
+        self.try_dead_letters().await;
         let batch = self.next_batch().await?;
         if !self.lease.is_valid() {
             // The read outlived the lease (a failover, say). Keep what it got
@@ -225,11 +237,26 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
         }
         if !batch.is_empty() {
             self.process(batch).await?;
-            self.flush_dead_letters().await?;
-            self.settle_acks().await?;
-            self.start_acks();
+            self.try_dead_letters().await;
         }
+        self.settle_acks().await?;
+        self.start_acks();
         self.maintain_if_due().await
+    }
+
+    /// Move queued dead letters, unless a recent attempt failed. A failure
+    /// (a full node refuses the DLQ append) must not stop the partition:
+    /// reads, acknowledgements and retention go on, and retention is what
+    /// lets a full node drain.
+    async fn try_dead_letters(&mut self) {
+        if self.undead.is_empty() || Instant::now() < self.next_dead_letter_attempt {
+            return;
+        }
+        if let Err(err) = self.flush_dead_letters().await {
+            tracing::warn!(partition = self.partition(), %err, "could not move dead letters; will try again");
+            self.next_dead_letter_attempt =
+                Instant::now() + self.shared.config.maintenance_interval;
+        }
     }
 
     async fn ensure_group(&self) -> Result<()> {
@@ -339,13 +366,7 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
             );
         }
         for (id, deliveries) in orphans {
-            let cmd = redis::cmd("XRANGE")
-                .arg(&self.keys.stream)
-                .arg(id)
-                .arg(id)
-                .to_owned();
-            let reply: Value = self.shared.client.query("read orphan", &cmd).await?;
-            match RawEntry::list_from_value(reply)?.pop() {
+            match self.entry(id).await? {
                 Some(raw) => self.enqueue(Held::new(raw, deliveries)),
                 None => {
                     self.report_lost(1, Some(&id));
@@ -354,6 +375,16 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
             }
         }
         Ok(())
+    }
+
+    async fn entry(&self, id: EntryId) -> Result<Option<RawEntry>> {
+        let cmd = redis::cmd("XRANGE")
+            .arg(&self.keys.stream)
+            .arg(id)
+            .arg(id)
+            .to_owned();
+        let reply: Value = self.shared.client.query("read entry", &cmd).await?;
+        Ok(RawEntry::list_from_value(reply)?.pop())
     }
 
     fn report_lost(&self, count: usize, first: Option<&EntryId>) {
@@ -386,6 +417,18 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
 
     async fn next_batch(&mut self) -> Result<Vec<Held>> {
         let size = self.shared.config.batch_size.max(1);
+        if self.reader.is_none() {
+            // A new connection, at start or after a failed read: first take
+            // in what a lost reply delivered, while everything held is in
+            // `ready`, the blocked queues or the acknowledgements.
+            let reader = self
+                .shared
+                .client
+                .dedicated_connection(self.shared.config.block)
+                .await?;
+            self.adopt_orphans().await?;
+            self.reader = Some(reader);
+        }
         self.promote_due_retries().await?;
         let mut batch = Vec::new();
         while batch.len() < size {
@@ -473,8 +516,11 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
                 }
             };
             if ids.is_empty() {
-                // No longer pending: deleted from the stream, so lost.
-                self.report_lost(1, Some(&entry_id));
+                // No longer pending here: deleted from the stream (lost), or
+                // acknowledged by whoever took the partition meanwhile.
+                if self.entry(entry_id).await?.is_none() {
+                    self.report_lost(1, Some(&entry_id));
+                }
                 if let Some(blocked) = self.blocked.get_mut(&key) {
                     blocked.queue.pop_front();
                 }
@@ -501,23 +547,8 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
     /// and this consumer's pending list is checked for what the lost reply
     /// carried before anything new is read.
     async fn read_new(&mut self, count: usize, block: Option<Duration>) -> Result<Vec<RawEntry>> {
-        let reader = match self.reader.clone() {
-            Some(reader) => reader,
-            None => {
-                let reader = self
-                    .shared
-                    .client
-                    .dedicated_connection(self.shared.config.block)
-                    .await?;
-                self.adopt_orphans().await?;
-                if !self.ready.is_empty() {
-                    // Adopted entries go first; read again next step.
-                    self.reader = Some(reader);
-                    return Ok(Vec::new());
-                }
-                self.reader = Some(reader.clone());
-                reader
-            }
+        let Some(reader) = self.reader.clone() else {
+            return Ok(Vec::new());
         };
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
@@ -660,6 +691,21 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
                 }
             }
         }
+        // Later messages of a key that just failed may still wait in
+        // `ready` (a backlog bigger than a batch): they go behind it too.
+        if !failed_keys.is_empty() && !self.ready.is_empty() {
+            let (behind, rest): (VecDeque<Held>, VecDeque<Held>) = std::mem::take(&mut self.ready)
+                .into_iter()
+                .partition(|h| failed_keys.contains(h.raw.key()));
+            self.ready = rest;
+            for held in behind {
+                self.blocked
+                    .entry(held.raw.key().to_owned())
+                    .or_default()
+                    .queue
+                    .push_back(held);
+            }
+        }
         Ok(())
     }
 
@@ -780,9 +826,10 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
                 .eval("dead-letter", &scripts::DEAD_LETTER, &cmd)
                 .await?;
             match status {
-                1 => self.metrics.dead_lettered(dead.reason),
-                -1 => self.report_lost(1, Some(&dead.entry_id)),
-                _ => {}
+                // 0: no longer pending here; after a lost reply, the first
+                // attempt moved it.
+                1 | 0 => self.metrics.dead_lettered(dead.reason),
+                _ => self.report_lost(1, Some(&dead.entry_id)),
             }
             self.undead.remove(0);
         }
@@ -803,23 +850,26 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
             return;
         }
         let batch = std::mem::take(&mut self.unacked);
-        let client = self.shared.client.clone();
-        let stream = self.keys.stream.clone();
-        let group = self.group().to_owned();
-        let marks: Vec<String> = batch
-            .iter()
-            .filter_map(|(_, mark)| mark.as_deref())
-            .map(|id| self.keys.dedupe(&group, id))
-            .collect();
         self.marks_in_flight
             .extend(batch.iter().filter_map(|(_, mark)| mark.clone()));
+        let client = self.shared.client.clone();
+        let keys = self.keys.clone();
+        let group = self.group().to_owned();
         let ttl = self.shared.config.dedupe_ttl;
         self.acks_in_flight = Some(tokio::spawn(async move {
-            let ids: Vec<EntryId> = batch.iter().map(|(id, _)| *id).collect();
-            match send_acks(&client, stream, &group, &ids, marks, ttl).await {
-                Ok(()) => Ok(ids.len()),
-                Err(err) => Err((batch, err)),
+            // Bounded calls: a script takes a few thousand arguments at most.
+            for part in batch.chunks(ACK_CHUNK) {
+                let ids: Vec<EntryId> = part.iter().map(|(id, _)| *id).collect();
+                let marks: Vec<String> = part
+                    .iter()
+                    .filter_map(|(_, mark)| mark.as_deref())
+                    .map(|id| keys.dedupe(&group, id))
+                    .collect();
+                if let Err(err) = send_acks(&client, &keys.stream, &group, &ids, marks, ttl).await {
+                    return Err((batch, err));
+                }
             }
+            Ok(batch.len())
         }));
     }
 
@@ -849,6 +899,9 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
             return Ok(());
         }
         self.next_maintenance = now + self.shared.config.maintenance_interval;
+        // Settled first, so this consumer's pending count below compares
+        // with what it holds.
+        self.settle_acks().await?;
         let retain = self.shared.layout.config.retain_acked.as_millis() as u64;
         let cutoff = EntryId {
             ms: now_ms().saturating_sub(retain),
@@ -863,7 +916,7 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
                 "0"
             })
             .arg(self.me());
-        let (trimmed, lag, pending, oldest, server_now, missing, own_pending): (
+        let (trimmed, unread, pending, oldest, server_now, missing, own_pending): (
             u64,
             u64,
             u64,
@@ -885,19 +938,14 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
             );
             self.metrics.unacked_trimmed.increment(missing);
         }
-        self.metrics.lag_entries.set((lag + pending) as f64);
+        self.metrics.lag_entries.set((unread + pending) as f64);
         self.metrics.pending.set(pending as f64);
         let age_ms = parse_id(&oldest)
             .map(|id| server_now.saturating_sub(id.ms))
             .unwrap_or(0);
         self.metrics.lag_seconds.set(age_ms as f64 / 1000.0);
         if own_pending as usize > self.held_count() {
-            // The count includes acknowledgements in flight; wait for them
-            // before concluding anything was left behind.
-            self.settle_acks().await?;
-            if own_pending as usize > self.held_count() {
-                self.adopt_orphans().await?;
-            }
+            self.adopt_orphans().await?;
         }
         if now >= self.next_cleanup {
             self.next_cleanup = now + Duration::from_secs(30);
@@ -954,9 +1002,12 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
     }
 }
 
+/// Most acknowledgements per call.
+const ACK_CHUNK: usize = 1000;
+
 async fn send_acks(
     client: &crate::StreamsClient,
-    stream: String,
+    stream: &str,
     group: &str,
     ids: &[EntryId],
     marks: Vec<String>,
@@ -965,7 +1016,7 @@ async fn send_acks(
     match dedupe_ttl {
         Some(ttl) if !marks.is_empty() => {
             let mut keys = Vec::with_capacity(marks.len() + 1);
-            keys.push(stream);
+            keys.push(stream.to_owned());
             keys.extend(marks);
             let mut cmd = evalsha(&scripts::ACK_AND_MARK, &keys);
             cmd.arg(group).arg(ttl.as_millis() as u64).arg(ids);

@@ -8,3 +8,4 @@ mod dlq;
 mod failover;
 mod inspection;
 mod ordering;
+mod recovery;
