@@ -37,7 +37,7 @@ pub fn describe() {
     describe_counter!("streams_delivered_total", "Messages handed to a handler.");
     describe_counter!(
         "streams_acked_total",
-        "Messages acknowledged after handling."
+        "Entries acknowledged: handled, skipped as repeats or as another group's redrive, or found deleted."
     );
     describe_counter!(
         "streams_retried_total",
