@@ -41,6 +41,12 @@ pub struct ProducerConfig {
     /// Most messages per script call; bounds how long one call blocks a node.
     pub max_batch: usize,
     pub durability: Durability,
+    /// Append each message id at most once within this long: a message sent
+    /// again (by a caller retrying after a crash) is reported as
+    /// [`Sent::duplicate`] with its first entry id instead of appended. For
+    /// callers that give their own message ids ([`Outgoing::with_id`]);
+    /// costs a marker key per message for the TTL.
+    pub idempotency_ttl: Option<Duration>,
 }
 
 impl Default for ProducerConfig {
@@ -48,6 +54,7 @@ impl Default for ProducerConfig {
         Self {
             max_batch: 1000,
             durability: Durability::Master,
+            idempotency_ttl: None,
         }
     }
 }
@@ -91,6 +98,9 @@ pub struct Sent {
     pub message_id: String,
     pub partition: u16,
     pub entry_id: EntryId,
+    /// The message had been appended before (see
+    /// [`ProducerConfig::idempotency_ttl`]); `entry_id` is that first entry.
+    pub duplicate: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -168,17 +178,19 @@ impl Producer {
             match self.append(layout, partition, chunk).await {
                 Ok(ids) => {
                     let written = ids.len();
-                    for ((index, encoded), entry_id) in chunk.iter().zip(ids) {
+                    let appended = ids.iter().filter(|(_, duplicate)| !duplicate).count();
+                    for ((index, encoded), (entry_id, duplicate)) in chunk.iter().zip(ids) {
                         out.push((
                             *index,
                             Ok(Sent {
                                 message_id: encoded.message_id().to_owned(),
                                 partition,
                                 entry_id,
+                                duplicate,
                             }),
                         ));
                     }
-                    metrics::produced(&layout.config.name, partition, written);
+                    metrics::produced(&layout.config.name, partition, appended);
                     if written < chunk.len() {
                         let err = refused(layout, partition, None);
                         out.extend(
@@ -209,25 +221,37 @@ impl Producer {
         layout: &TopicLayout,
         partition: u16,
         chunk: &[(usize, Encoded)],
-    ) -> Result<Vec<EntryId>> {
+    ) -> Result<Vec<(EntryId, bool)>> {
         let keys = layout.partition(partition)?;
-        let mut cmd = evalsha(&scripts::PRODUCE, &[&keys.stream, &keys.lost]);
-        cmd.arg(layout.config.capacity).arg(Encoded::WIDTH);
+        let (script, mut cmd) = match self.config.idempotency_ttl {
+            None => {
+                let mut cmd = evalsha(&scripts::PRODUCE, &[&keys.stream, &keys.lost]);
+                cmd.arg(layout.config.capacity).arg(Encoded::WIDTH);
+                (&*scripts::PRODUCE, cmd)
+            }
+            Some(ttl) => {
+                let mut marker_keys = vec![keys.stream.clone(), keys.lost.clone()];
+                marker_keys.extend(chunk.iter().map(|(_, e)| keys.produced(e.message_id())));
+                let mut cmd = evalsha(&scripts::PRODUCE_ONCE, &marker_keys);
+                cmd.arg(layout.config.capacity)
+                    .arg(Encoded::WIDTH)
+                    .arg(ttl.as_millis() as u64);
+                (&*scripts::PRODUCE_ONCE, cmd)
+            }
+        };
         for (_, encoded) in chunk {
             encoded.write_fields(&mut cmd);
         }
         let reply: Value = match self.config.durability {
-            Durability::Master => self.client.eval("produce", &scripts::PRODUCE, &cmd).await,
+            Durability::Master => self.client.eval("produce", script, &cmd).await,
             Durability::Replicated { replicas, timeout } => {
                 let mut pipe = redis::pipe();
                 pipe.add_command(cmd)
                     .cmd("WAIT")
                     .arg(replicas)
                     .arg(timeout.as_millis() as u64);
-                let (reply, reached): (Value, u32) = self
-                    .client
-                    .eval("produce durably", &scripts::PRODUCE, &pipe)
-                    .await?;
+                let (reply, reached): (Value, u32) =
+                    self.client.eval("produce durably", script, &pipe).await?;
                 if reached < replicas {
                     return Err(Error::NotReplicated {
                         wanted: replicas,
@@ -250,7 +274,8 @@ impl Producer {
     }
 }
 
-fn parse_produce_reply(reply: Value) -> Result<(u64, Vec<EntryId>)> {
+/// `{backlog, id...}`; an id prefixed with `=` was appended before.
+fn parse_produce_reply(reply: Value) -> Result<(u64, Vec<(EntryId, bool)>)> {
     let Value::Array(items) = reply else {
         return Err(Error::protocol("produce", format!("{reply:?}")));
     };
@@ -261,9 +286,15 @@ fn parse_produce_reply(reply: Value) -> Result<(u64, Vec<EntryId>)> {
     };
     let ids = items
         .map(|v| {
-            crate::envelope::text(v)?
+            let text = crate::envelope::text(v)?;
+            let (id, duplicate) = match text.strip_prefix('=') {
+                Some(id) => (id, true),
+                None => (text.as_str(), false),
+            };
+            let id = id
                 .parse()
-                .map_err(|e: crate::DecodeError| Error::protocol("produce", e.to_string()))
+                .map_err(|e: crate::DecodeError| Error::protocol("produce", e.to_string()))?;
+            Ok((id, duplicate))
         })
         .collect::<Result<_>>()?;
     Ok((backlog, ids))

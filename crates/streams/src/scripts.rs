@@ -120,6 +120,45 @@ return reply
     )
 });
 
+/// [`PRODUCE`] for producers that may send a message again (an outbox relay
+/// after a crash): an entry whose message was appended before, within the
+/// marker's TTL, is not appended again, and its earlier id is returned
+/// prefixed with `=`.
+///
+/// KEYS[1] stream, KEYS[2] lost-count hash, KEYS[3..] one marker per entry.
+/// ARGV[1] capacity, ARGV[2] arguments per entry, ARGV[3] marker TTL in ms,
+/// then the entries' field/value arguments.
+pub static PRODUCE_ONCE: LazyLock<Script> = LazyLock::new(|| {
+    stream_script(
+        r#"
+local stream = KEYS[1]
+local capacity = tonumber(ARGV[1])
+local width = tonumber(ARGV[2])
+local ttl = ARGV[3]
+local count = (#ARGV - 3) / width
+local used = backlog(stream, KEYS[2])
+local room = capacity - used
+local reply = {used}
+local pos = 4
+for i = 1, count do
+  local marker = KEYS[i + 2]
+  local earlier = redis.call('GET', marker)
+  if earlier then
+    reply[i + 1] = '=' .. earlier
+  else
+    if room <= 0 then break end
+    local id = redis.call('XADD', stream, '*', unpack(ARGV, pos, pos + width - 1))
+    redis.call('SET', marker, id, 'PX', ttl)
+    reply[i + 1] = id
+    room = room - 1
+  end
+  pos = pos + width
+end
+return reply
+"#,
+    )
+});
+
 /// Move one entry to the DLQ: append it with why it failed, acknowledge it,
 /// and delete it from the stream once no other group needs it.
 ///

@@ -236,6 +236,11 @@ impl PartitionKeys {
         format!("{{{}}}:lease:{group}", self.tag)
     }
 
+    /// Marker that message `message_id` was appended (idempotent producers).
+    pub fn produced(&self, message_id: &str) -> String {
+        format!("{{{}}}:produced:{message_id}", self.tag)
+    }
+
     /// Marker that `group` has processed message `message_id`.
     pub fn dedupe(&self, group: &str, message_id: &str) -> String {
         format!("{{{}}}:dedupe:{group}:{message_id}", self.tag)
@@ -306,8 +311,10 @@ mod tests {
                 &p.stream,
                 &p.dlq,
                 &p.audit,
+                &p.lost,
                 &p.lease("g"),
                 &p.dedupe("g", "m1"),
+                &p.produced("m1"),
             ] {
                 // Redis's own slot function must agree with ours.
                 let route = redis::cluster_routing::Route::with_key(

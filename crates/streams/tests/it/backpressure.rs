@@ -382,3 +382,71 @@ fn set_maxmemory(port: u16, bytes: u64) {
         .expect("redis-cli");
     assert!(status.success());
 }
+
+/// With an idempotency TTL, a message sent again with the same id (a relay
+/// retrying after a crash) is not appended twice; the second send reports
+/// the first entry. Capacity counts only what was appended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_producer_appends_a_message_id_once() {
+    let client = shared_client().await;
+    let mut config = topic_config(2);
+    config.capacity = 3;
+    let topic = topic(config);
+    streams::ensure_group(&client, topic.layout(), "g", streams::StartFrom::Beginning)
+        .await
+        .expect("group");
+    let producer = streams::Producer::new(
+        client.clone(),
+        streams::ProducerConfig {
+            idempotency_ttl: Some(Duration::from_secs(60)),
+            ..Default::default()
+        },
+    );
+    let messages: Vec<Numbered> = (0..3)
+        .map(|seq| Numbered {
+            key: "k".into(),
+            seq,
+        })
+        .collect();
+    let ids = ["outbox-1", "outbox-2", "outbox-3"];
+    let send = |n: usize| {
+        let producer = producer.clone();
+        let topic = topic.clone();
+        let batch: Vec<Outgoing<'_, Numbered>> = (0..n)
+            .map(|i| Outgoing::new("k", &messages[i]).with_id(ids[i]))
+            .collect();
+        async move { producer.send_batch(&topic, batch).await.expect("encode") }
+    };
+    let first: Vec<streams::Sent> = send(2)
+        .await
+        .into_iter()
+        .map(|r| r.expect("sent"))
+        .collect();
+    assert!(first.iter().all(|s| !s.duplicate));
+    // After a "crash" the relay sends all three; the first two are repeats.
+    let again: Vec<streams::Sent> = send(3)
+        .await
+        .into_iter()
+        .map(|r| r.expect("sent"))
+        .collect();
+    assert_eq!(
+        again.iter().map(|s| s.duplicate).collect::<Vec<_>>(),
+        [true, true, false]
+    );
+    assert_eq!(again[0].entry_id, first[0].entry_id);
+    assert_eq!(again[1].entry_id, first[1].entry_id);
+    let inspector = Inspector::new(client.clone());
+    let partition = topic.partition_for("k");
+    let report = inspector
+        .partition(topic.layout(), partition)
+        .await
+        .expect("report");
+    assert_eq!(report.length, 3, "three messages, three entries");
+    // Capacity 3 is now used up; a repeat still reports its entry.
+    assert!(
+        send(3)
+            .await
+            .into_iter()
+            .all(|r| r.is_ok_and(|s| s.duplicate))
+    );
+}
