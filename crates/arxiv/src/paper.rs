@@ -1,6 +1,6 @@
 //! The one model every interface is read into.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::ArxivId;
@@ -33,7 +33,7 @@ pub struct Paper {
     pub pdf_url: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Author {
     pub name: String,
     pub affiliations: Vec<String>,

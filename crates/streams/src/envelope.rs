@@ -364,6 +364,18 @@ impl Encoded {
         message_id: Option<&str>,
         now_ms: u64,
     ) -> Result<Self, Error> {
+        let data = serde_json::to_vec(payload).map_err(Error::Encode)?;
+        Self::from_json(key, T::SCHEMA_VERSION, data, message_id, now_ms)
+    }
+
+    /// A payload already encoded as JSON, with its schema version.
+    pub fn from_json(
+        key: &str,
+        schema_version: u32,
+        data: Vec<u8>,
+        message_id: Option<&str>,
+        now_ms: u64,
+    ) -> Result<Self, Error> {
         let message_id = match message_id {
             Some(id) if id.is_empty() || id.contains(char::is_whitespace) => {
                 return Err(Error::Config(format!(
@@ -376,17 +388,21 @@ impl Encoded {
         Ok(Self {
             meta: Meta {
                 message_id,
-                schema_version: T::SCHEMA_VERSION,
+                schema_version,
                 produced_at_ms: now_ms,
                 attempts: 0,
                 key: key.to_owned(),
             },
-            data: serde_json::to_vec(payload).map_err(Error::Encode)?,
+            data,
         })
     }
 
     pub fn message_id(&self) -> &str {
         &self.meta.message_id
+    }
+
+    pub fn key(&self) -> &str {
+        &self.meta.key
     }
 
     /// Append the entry's field/value arguments ([`Self::WIDTH`] of them).

@@ -58,5 +58,5 @@ pub use consumer::{
 pub use envelope::{EntryId, Event, Message, RawEntry};
 pub use error::{Backpressure, BackpressureReason, DecodeError, Error, Result};
 pub use inspect::Inspector;
-pub use producer::{Durability, Outgoing, Producer, ProducerConfig, Sent};
+pub use producer::{Durability, Outgoing, OutgoingJson, Producer, ProducerConfig, Sent};
 pub use topic::{RetryPolicy, Topic, TopicConfig, TopicLayout};

@@ -92,6 +92,15 @@ impl<'a, T> Outgoing<'a, T> {
     }
 }
 
+/// A message whose payload is already JSON.
+#[derive(Debug, Clone, Copy)]
+pub struct OutgoingJson<'a> {
+    pub key: &'a str,
+    pub message_id: &'a str,
+    pub schema_version: u32,
+    pub json: &'a [u8],
+}
+
 /// A message that was written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sent {
@@ -134,16 +143,49 @@ impl Producer {
         topic: &Topic<T>,
         messages: impl IntoIterator<Item = Outgoing<'a, T>>,
     ) -> Result<Vec<Result<Sent>>> {
-        let layout = topic.layout();
         let now = now_ms();
+        let encoded = messages
+            .into_iter()
+            .map(|m| Encoded::new(m.key, m.payload, m.message_id, now))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(self.send_encoded(topic.layout(), encoded).await)
+    }
+
+    /// Send payloads that are already JSON, such as rows of a transactional
+    /// outbox, each with its schema version and message id. Results as for
+    /// [`Self::send_batch`].
+    pub async fn send_json<'a>(
+        &self,
+        layout: &TopicLayout,
+        messages: impl IntoIterator<Item = OutgoingJson<'a>>,
+    ) -> Result<Vec<Result<Sent>>> {
+        let now = now_ms();
+        let encoded = messages
+            .into_iter()
+            .map(|m| {
+                Encoded::from_json(
+                    m.key,
+                    m.schema_version,
+                    m.json.to_vec(),
+                    Some(m.message_id),
+                    now,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(self.send_encoded(layout, encoded).await)
+    }
+
+    async fn send_encoded(
+        &self,
+        layout: &TopicLayout,
+        messages: Vec<Encoded>,
+    ) -> Vec<Result<Sent>> {
         let mut per_partition: Vec<Vec<(usize, Encoded)>> =
             (0..layout.partitions.len()).map(|_| Vec::new()).collect();
-        let mut count = 0;
-        for (index, message) in messages.into_iter().enumerate() {
-            let partition = layout.partition_for(message.key);
-            let encoded = Encoded::new(message.key, message.payload, message.message_id, now)?;
+        let count = messages.len();
+        for (index, encoded) in messages.into_iter().enumerate() {
+            let partition = layout.partition_for(encoded.key());
             per_partition[usize::from(partition)].push((index, encoded));
-            count = index + 1;
         }
         let sends = per_partition
             .into_iter()
@@ -156,10 +198,10 @@ impl Producer {
                 results[index] = Some(result);
             }
         }
-        Ok(results
+        results
             .into_iter()
             .map(|r| r.unwrap_or_else(|| Err(Error::protocol("produce", "message was not sent"))))
-            .collect())
+            .collect()
     }
 
     async fn send_partition(

@@ -142,11 +142,12 @@ impl TestDatabase {
 
 impl Drop for TestDatabase {
     fn drop(&mut self) {
-        // Drop runs outside any async context guarantee: use a thread with
-        // its own runtime.
+        // Drop may run on a runtime that is blocked right here, so the work
+        // happens on a thread with a runtime of its own. The pool is left
+        // alone (closing it would need the blocked runtime); FORCE ends its
+        // connections.
         let admin_url = self.admin_url.clone();
         let name = self.name.clone();
-        let pool = self.pool.clone();
         let _ = std::thread::spawn(move || {
             let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -155,7 +156,6 @@ impl Drop for TestDatabase {
                 return;
             };
             runtime.block_on(async move {
-                pool.close().await;
                 if let Ok(mut admin) = PgConnection::connect(&admin_url).await {
                     let _ = admin
                         .execute(sqlx::AssertSqlSafe(format!(
