@@ -11,6 +11,10 @@
 //!   with resumption tokens, for backfills;
 //! * the announcement feeds ([`announce`]), for the daily run.
 //!
+//! The [`client`] fetches them over HTTP within arXiv's rules: one request
+//! every three seconds, one at a time, across every crawler instance
+//! together ([`pace`]), retrying 429 and 503 as `Retry-After` says.
+//!
 //! It exists apart from the crawler so that the formats, which disagree on
 //! nearly everything (where the version is, how authors and dates are
 //! written), are handled and tested in one place, and so that `crawler
@@ -21,9 +25,11 @@
 //! whitespace normalized.
 
 pub mod announce;
+pub mod client;
 mod error;
 mod id;
 pub mod oai;
+pub mod pace;
 mod paper;
 pub mod query;
 
