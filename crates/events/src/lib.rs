@@ -1,0 +1,94 @@
+//! # events: the topics services exchange, and what their messages say
+//!
+//! One place defines each topic's name, partition count and payload type, so
+//! that producer and consumers cannot disagree. Payloads are versioned
+//! ([`streams::Event::SCHEMA_VERSION`]): a field added with a default keeps
+//! the version; anything else bumps it, and consumers are rolled out first.
+
+use serde::{Deserialize, Serialize};
+use streams::{Event, Topic, TopicConfig};
+
+/// Partitions of every topic: two per master of a three-master cluster.
+pub const PARTITIONS: u16 = 6;
+
+/// A paper version was stored for the first time. Key: the arXiv id, so a
+/// paper's versions stay in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaperIngested {
+    pub arxiv_id: String,
+    pub version: u32,
+    pub title: String,
+    pub primary_category: String,
+    pub categories: Vec<String>,
+}
+
+impl Event for PaperIngested {
+    const SCHEMA_VERSION: u32 = 1;
+}
+
+impl PaperIngested {
+    pub const TOPIC: &'static str = "paper.ingested";
+
+    /// The message id: one event per paper version, ever.
+    pub fn message_id(&self) -> String {
+        format!("{}v{}", self.arxiv_id.replace('/', "_"), self.version)
+    }
+}
+
+/// A paper version has a summary. Key: the arXiv id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaperSummarized {
+    pub arxiv_id: String,
+    pub version: u32,
+    pub prompt_version: u32,
+    pub provider: String,
+    /// The summary came from the offline extractive summarizer, not an LLM.
+    pub extractive: bool,
+}
+
+impl Event for PaperSummarized {
+    const SCHEMA_VERSION: u32 = 1;
+}
+
+impl PaperSummarized {
+    pub const TOPIC: &'static str = "paper.summarized";
+
+    pub fn message_id(&self) -> String {
+        format!("{}v{}p{}", self.arxiv_id.replace('/', "_"), self.version, self.prompt_version)
+    }
+}
+
+/// The topic `name` with the project's defaults.
+pub fn topic<T: Event>(name: &str) -> Topic<T> {
+    Topic::new(TopicConfig::new(name, PARTITIONS)).unwrap_or_else(|err| {
+        // The names are constants of this crate; a bad one is a bug here.
+        unreachable!("topic {name} is misconfigured: {err}")
+    })
+}
+
+pub fn paper_ingested() -> Topic<PaperIngested> {
+    topic(PaperIngested::TOPIC)
+}
+
+pub fn paper_summarized() -> Topic<PaperSummarized> {
+    topic(PaperSummarized::TOPIC)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_ids_are_one_per_version() {
+        let event = PaperIngested {
+            arxiv_id: "astro-ph/0601001".into(),
+            version: 2,
+            title: "t".into(),
+            primary_category: "astro-ph".into(),
+            categories: vec![],
+        };
+        assert_eq!(event.message_id(), "astro-ph_0601001v2");
+        assert_eq!(paper_ingested().name(), "paper.ingested");
+        assert_eq!(paper_summarized().config().partitions, PARTITIONS);
+    }
+}
