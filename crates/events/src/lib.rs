@@ -54,7 +54,12 @@ impl PaperSummarized {
     pub const TOPIC: &'static str = "paper.summarized";
 
     pub fn message_id(&self) -> String {
-        format!("{}v{}p{}", self.arxiv_id.replace('/', "_"), self.version, self.prompt_version)
+        format!(
+            "{}v{}p{}",
+            self.arxiv_id.replace('/', "_"),
+            self.version,
+            self.prompt_version
+        )
     }
 }
 

@@ -16,7 +16,9 @@ use tokio_util::sync::CancellationToken;
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = if std::env::var("LOG_FORMAT").is_ok_and(|f| f == "json") {
         builder.json().flatten_event(true).try_init()
     } else {
@@ -27,7 +29,9 @@ pub fn init_logging() {
 /// Install the Prometheus recorder. Histograms get buckets (seconds, from
 /// a millisecond to a minute) instead of summaries, so they aggregate.
 pub fn init_metrics() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
-    let buckets = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+    let buckets = [
+        0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    ];
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)?
         .install_recorder()?;
@@ -42,7 +46,8 @@ pub fn init_metrics() -> Result<PrometheusHandle, metrics_exporter_prometheus::B
 }
 
 /// A readiness check: `Ok` when a dependency answers, `Err(why)` if not.
-pub type Check = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+pub type Check =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
 
 /// Build a [`Check`] from an async closure.
 pub fn check<F, Fut>(f: F) -> Check
@@ -154,20 +159,35 @@ mod tests {
         let shutdown = CancellationToken::new();
         let checks = vec![
             ("postgres", check(|| async { Ok(()) })),
-            ("redis", check(|| async { Err("connection refused".to_owned()) })),
+            (
+                "redis",
+                check(|| async { Err("connection refused".to_owned()) }),
+            ),
         ];
         let addr = serve(([127, 0, 0, 1], 0).into(), handle, checks, shutdown.clone())
             .await
             .expect("serve");
         let http = reqwest::Client::new();
-        let live = http.get(format!("http://{addr}/health/live")).send().await.expect("live");
+        let live = http
+            .get(format!("http://{addr}/health/live"))
+            .send()
+            .await
+            .expect("live");
         assert_eq!(live.status(), 200);
-        let ready = http.get(format!("http://{addr}/health/ready")).send().await.expect("ready");
+        let ready = http
+            .get(format!("http://{addr}/health/ready"))
+            .send()
+            .await
+            .expect("ready");
         assert_eq!(ready.status(), 503);
         let body: serde_json::Value = ready.json().await.expect("json");
         assert_eq!(body["failing"]["redis"], "connection refused");
         assert!(body["failing"].get("postgres").is_none());
-        let metrics = http.get(format!("http://{addr}/metrics")).send().await.expect("metrics");
+        let metrics = http
+            .get(format!("http://{addr}/metrics"))
+            .send()
+            .await
+            .expect("metrics");
         assert_eq!(metrics.status(), 200);
         shutdown.cancel();
     }

@@ -1,0 +1,168 @@
+//! Configuration: defaults, then an optional TOML file, then the
+//! environment (`PAPERSTREAM_*`, nested keys joined by `__`, e.g.
+//! `PAPERSTREAM_ARXIV__PACE_INTERVAL_MS`; `DATABASE_URL` works too).
+
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use serde::{Deserialize, Deserializer, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Config {
+    pub database_url: String,
+    #[serde(deserialize_with = "list")]
+    pub redis_urls: Vec<String>,
+    pub arxiv: ArxivSettings,
+    pub schedule: Schedule,
+    pub ops_addr: SocketAddr,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ArxivSettings {
+    pub query_url: String,
+    pub oai_url: String,
+    pub rss_url: String,
+    /// arXiv asks for one request every 3 s across all instances.
+    pub pace_interval_ms: u64,
+    pub request_timeout_s: u64,
+    pub attempts: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Schedule {
+    #[serde(deserialize_with = "list")]
+    pub categories: Vec<String>,
+    #[serde(deserialize_with = "list")]
+    pub sets: Vec<String>,
+    /// How many past days each scheduled run harvests again, for
+    /// replacements announced late.
+    pub backfill_days: u32,
+    pub interval_s: u64,
+    pub probe_interval_s: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let client = arxiv::client::ClientConfig::default();
+        Self {
+            database_url: "postgres://postgres@127.0.0.1:55432/paperstream".into(),
+            redis_urls: vec!["redis://127.0.0.1:7101".into()],
+            arxiv: ArxivSettings {
+                query_url: client.query_url,
+                oai_url: client.oai_url,
+                rss_url: client.rss_url,
+                pace_interval_ms: 3000,
+                request_timeout_s: client.request_timeout.as_secs(),
+                attempts: client.attempts,
+            },
+            schedule: Schedule {
+                categories: vec!["cs.LG".into(), "cs.AI".into(), "cs.CL".into()],
+                sets: vec!["cs".into()],
+                backfill_days: 2,
+                interval_s: 6 * 3600,
+                probe_interval_s: 600,
+            },
+            ops_addr: ([127, 0, 0, 1], 9101).into(),
+        }
+    }
+}
+
+impl Config {
+    pub fn load(file: Option<&Path>) -> Result<Self, Box<figment::Error>> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment
+            .merge(
+                Env::raw()
+                    .only(&["DATABASE_URL"])
+                    .map(|_| "database_url".into()),
+            )
+            .merge(Env::prefixed("PAPERSTREAM_").split("__"))
+            .extract()
+            .map_err(Box::new)
+    }
+}
+
+impl ArxivSettings {
+    pub fn pace_interval(&self) -> Duration {
+        Duration::from_millis(self.pace_interval_ms)
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_s)
+    }
+
+    pub fn client_config(&self) -> arxiv::client::ClientConfig {
+        arxiv::client::ClientConfig {
+            query_url: self.query_url.clone(),
+            oai_url: self.oai_url.clone(),
+            rss_url: self.rss_url.clone(),
+            request_timeout: self.request_timeout(),
+            attempts: self.attempts,
+            ..arxiv::client::ClientConfig::default()
+        }
+    }
+}
+
+impl Schedule {
+    pub fn interval(&self) -> Duration {
+        Duration::from_secs(self.interval_s)
+    }
+
+    pub fn probe_interval(&self) -> Duration {
+        Duration::from_secs(self.probe_interval_s)
+    }
+}
+
+/// A list given as a list (TOML) or as one comma-separated string (env).
+fn list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        Text(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::Text(text) => text
+            .split(',')
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect(),
+        OneOrMany::Many(list) => list,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[allow(
+        clippy::result_large_err,
+        reason = "figment's Jail API returns its own large error"
+    )]
+    fn environment_overrides_the_file_and_lists_split_on_commas() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "crawler.toml",
+                "[schedule]\ncategories = [\"math.OC\"]\nbackfill_days = 5\n",
+            )?;
+            jail.set_env("PAPERSTREAM_REDIS_URLS", "redis://a:1, redis://b:2");
+            jail.set_env("PAPERSTREAM_SCHEDULE__BACKFILL_DAYS", "3");
+            jail.set_env("DATABASE_URL", "postgres://db/x");
+            let config =
+                Config::load(Some(Path::new("crawler.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(config.redis_urls, ["redis://a:1", "redis://b:2"]);
+            assert_eq!(config.schedule.categories, ["math.OC"]);
+            assert_eq!(config.schedule.backfill_days, 3);
+            assert_eq!(config.database_url, "postgres://db/x");
+            assert_eq!(config.arxiv.pace_interval_ms, 3000);
+            Ok(())
+        });
+    }
+}
