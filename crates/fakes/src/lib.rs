@@ -7,3 +7,4 @@
 //! demo uses them when the real services are not configured.
 
 pub mod arxiv;
+pub mod llm;

@@ -38,7 +38,8 @@ struct StateRecorder {
 impl StateRecorder {
     fn set(&self, state: BreakerState) {
         self.state.store(state as u8, Ordering::SeqCst);
-        metrics::gauge!("llm_breaker_state", "provider" => self.provider).set(f64::from(state as u8));
+        metrics::gauge!("llm_breaker_state", "provider" => self.provider)
+            .set(f64::from(state as u8));
     }
 }
 
@@ -88,7 +89,10 @@ impl Breaker {
             state: state.clone(),
         };
         let machine = Config::new()
-            .failure_policy(failure_policy::consecutive_failures(failures, backoff::constant(open_for)))
+            .failure_policy(failure_policy::consecutive_failures(
+                failures,
+                backoff::constant(open_for),
+            ))
             .instrument(recorder)
             .build();
         Self {
@@ -108,7 +112,10 @@ impl Breaker {
     }
 
     /// Run `call` if the breaker lets it, and record how it went.
-    pub async fn call<T>(&self, call: impl Future<Output = Result<T, LlmError>>) -> Result<T, LlmError> {
+    pub async fn call<T>(
+        &self,
+        call: impl Future<Output = Result<T, LlmError>>,
+    ) -> Result<T, LlmError> {
         if !self.machine.is_call_permitted() {
             return Err(LlmError::CircuitOpen {
                 provider: self.provider,
@@ -181,7 +188,9 @@ impl<S: Summarizer> Summarizer for Guarded<S> {
 
     async fn summarize(&self, request: &SummaryRequest) -> Result<Summary, LlmError> {
         let provider = self.inner.name();
-        let Ok(Ok(_place)) = tokio::time::timeout(self.guard.queue_wait, self.bulkhead.acquire()).await else {
+        let Ok(Ok(_place)) =
+            tokio::time::timeout(self.guard.queue_wait, self.bulkhead.acquire()).await
+        else {
             return Err(LlmError::Busy { provider });
         };
         let timeout = self.guard.timeout;
@@ -214,7 +223,10 @@ mod tests {
             let _ = breaker.call(async { fail() }).await;
         }
         assert_eq!(breaker.state(), BreakerState::Open);
-        assert!(matches!(breaker.call(async { Ok(()) }).await, Err(LlmError::CircuitOpen { .. })));
+        assert!(matches!(
+            breaker.call(async { Ok(()) }).await,
+            Err(LlmError::CircuitOpen { .. })
+        ));
         tokio::time::sleep(Duration::from_millis(150)).await;
         // Half-open: the first call probes; a second one meanwhile is refused.
         let (release, wait) = tokio::sync::oneshot::channel::<()>();
@@ -231,7 +243,10 @@ mod tests {
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(breaker.state(), BreakerState::HalfOpen);
-        assert!(matches!(breaker.call(async { Ok(()) }).await, Err(LlmError::CircuitOpen { .. })));
+        assert!(matches!(
+            breaker.call(async { Ok(()) }).await,
+            Err(LlmError::CircuitOpen { .. })
+        ));
         let _ = release.send(());
         assert!(probing.await.expect("join").is_ok());
         assert_eq!(breaker.state(), BreakerState::Closed);

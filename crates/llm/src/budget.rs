@@ -70,7 +70,11 @@ return used + tonumber(ARGV[1])
     }
 
     /// The call used `used` tokens of its reservation; return the rest.
-    pub async fn settle(&self, reservation: Reservation, used: u64) -> Result<(), redis::RedisError> {
+    pub async fn settle(
+        &self,
+        reservation: Reservation,
+        used: u64,
+    ) -> Result<(), redis::RedisError> {
         let unused = reservation.tokens.saturating_sub(used);
         if unused > 0 {
             let _: i64 = redis::cmd("DECRBY")

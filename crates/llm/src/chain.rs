@@ -3,8 +3,8 @@
 use redis::cluster_async::ClusterConnection;
 
 use crate::{
-    LlmError, Summarizer, Summary, SummaryRequest, breaker::Guarded, budget::SpendCap, extractive::Extractive,
-    ollama::Ollama, openai::OpenAi,
+    LlmError, Summarizer, Summary, SummaryRequest, breaker::Guarded, budget::SpendCap,
+    extractive::Extractive, ollama::Ollama, openai::OpenAi,
 };
 
 /// One link of the chain.

@@ -19,9 +19,9 @@ impl Default for Extractive {
 }
 
 const STOPWORDS: [&str; 40] = [
-    "a", "an", "the", "and", "or", "of", "to", "in", "on", "for", "with", "by", "we", "our", "is", "are", "be",
-    "this", "that", "these", "it", "its", "as", "at", "from", "which", "can", "has", "have", "was", "were", "not",
-    "also", "their", "such", "than", "into", "both", "using", "use",
+    "a", "an", "the", "and", "or", "of", "to", "in", "on", "for", "with", "by", "we", "our", "is",
+    "are", "be", "this", "that", "these", "it", "its", "as", "at", "from", "which", "can", "has",
+    "have", "was", "were", "not", "also", "their", "such", "than", "into", "both", "using", "use",
 ];
 
 impl Summarizer for Extractive {
@@ -68,17 +68,25 @@ pub fn summarize(text: &str, keep: usize) -> String {
         .enumerate()
         .map(|(i, s)| {
             let w = words(s);
-            let total: usize = w.iter().map(|w| frequency.get(w).copied().unwrap_or(0)).sum();
+            let total: usize = w
+                .iter()
+                .map(|w| frequency.get(w).copied().unwrap_or(0))
+                .sum();
             // Long sentences win on total alone; normalize, and favour the
             // opening, where abstracts state their point.
-            let score = total as f64 / (w.len().max(1) as f64).sqrt() + if i == 0 { 0.5 } else { 0.0 };
+            let score =
+                total as f64 / (w.len().max(1) as f64).sqrt() + if i == 0 { 0.5 } else { 0.0 };
             (i, score)
         })
         .collect();
     scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     let mut chosen: Vec<usize> = scored.iter().take(keep).map(|(i, _)| *i).collect();
     chosen.sort_unstable();
-    chosen.iter().map(|i| sentences[*i]).collect::<Vec<_>>().join(" ")
+    chosen
+        .iter()
+        .map(|i| sentences[*i])
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn split_sentences(text: &str) -> Vec<&str> {
@@ -125,15 +133,24 @@ mod tests {
         assert_eq!(first, summarize(ABSTRACT, 2));
         let sentences = split_sentences(&first);
         assert_eq!(sentences.len(), 2);
-        let positions: Vec<usize> = sentences.iter().map(|s| ABSTRACT.find(s).expect("from the text")).collect();
+        let positions: Vec<usize> = sentences
+            .iter()
+            .map(|s| ABSTRACT.find(s).expect("from the text"))
+            .collect();
         assert!(positions[0] < positions[1]);
     }
 
     #[test]
     fn short_texts_are_kept_whole() {
         assert_eq!(summarize("One sentence only.", 2), "One sentence only.");
-        assert_eq!(summarize("Ünïcödé — ünïcödé. Straße.", 1), summarize("Ünïcödé — ünïcödé. Straße.", 1));
+        assert_eq!(
+            summarize("Ünïcödé — ünïcödé. Straße.", 1),
+            summarize("Ünïcödé — ünïcödé. Straße.", 1)
+        );
         assert_eq!(summarize("", 2), "");
-        assert_eq!(split_sentences("e.g. 3.5 percent. Done."), ["e.g. 3.5 percent.", "Done."]);
+        assert_eq!(
+            split_sentences("e.g. 3.5 percent. Done."),
+            ["e.g. 3.5 percent.", "Done."]
+        );
     }
 }

@@ -70,7 +70,10 @@ pub enum LlmError {
         body: String,
     },
     #[error("{provider}: answer did not decode: {detail}")]
-    BadAnswer { provider: &'static str, detail: String },
+    BadAnswer {
+        provider: &'static str,
+        detail: String,
+    },
     #[error("{provider}: no answer within {after:?}")]
     Timeout {
         provider: &'static str,
@@ -95,5 +98,8 @@ pub trait Summarizer: Send + Sync {
     /// Short name for metrics and the `summaries.provider` column.
     fn name(&self) -> &'static str;
 
-    fn summarize(&self, request: &SummaryRequest) -> impl Future<Output = Result<Summary, LlmError>> + Send;
+    fn summarize(
+        &self,
+        request: &SummaryRequest,
+    ) -> impl Future<Output = Result<Summary, LlmError>> + Send;
 }

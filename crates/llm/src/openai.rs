@@ -63,7 +63,8 @@ impl OpenAi {
     /// An upper bound on the tokens a call for `request` can use: every
     /// input byte counted as a token, plus the output cap.
     pub fn worst_case_tokens(&self, request: &SummaryRequest) -> u64 {
-        (SYSTEM_PROMPT.len() + request.user_prompt().len()) as u64 + u64::from(self.max_output_tokens)
+        (SYSTEM_PROMPT.len() + request.user_prompt().len()) as u64
+            + u64::from(self.max_output_tokens)
     }
 }
 
@@ -163,7 +164,9 @@ impl Summarizer for OpenAi {
             model: self.model.clone(),
             input_tokens: input,
             output_tokens: output,
-            cost_micro_usd: (u64::from(input) * self.input_price + u64::from(output) * self.output_price) / 1000,
+            cost_micro_usd: (u64::from(input) * self.input_price
+                + u64::from(output) * self.output_price)
+                / 1000,
             extractive: false,
         })
     }
