@@ -63,20 +63,38 @@ impl PaperSummarized {
     }
 }
 
-/// The topic `name` with the project's defaults.
-pub fn topic<T: Event>(name: &str) -> Topic<T> {
-    Topic::new(TopicConfig::new(name, PARTITIONS)).unwrap_or_else(|err| {
-        // The names are constants of this crate; a bad one is a bug here.
-        unreachable!("topic {name} is misconfigured: {err}")
-    })
+/// The topics of one deployment. A prefix (empty in production) keeps
+/// test runs and side-by-side deployments on one cluster apart.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    pub ingested: Topic<PaperIngested>,
+    pub summarized: Topic<PaperSummarized>,
 }
 
-pub fn paper_ingested() -> Topic<PaperIngested> {
-    topic(PaperIngested::TOPIC)
-}
+impl Topics {
+    /// `prefix` is prepended to every name, e.g. `staging.`; it must keep
+    /// the names valid (lowercase letters, digits, `.`, `_`, `-`).
+    pub fn new(prefix: &str) -> Result<Self, streams::Error> {
+        Ok(Self {
+            ingested: Topic::new(TopicConfig::new(
+                format!("{prefix}{}", PaperIngested::TOPIC),
+                PARTITIONS,
+            ))?,
+            summarized: Topic::new(TopicConfig::new(
+                format!("{prefix}{}", PaperSummarized::TOPIC),
+                PARTITIONS,
+            ))?,
+        })
+    }
 
-pub fn paper_summarized() -> Topic<PaperSummarized> {
-    topic(PaperSummarized::TOPIC)
+    /// Every topic's layout, for the outbox relay: whichever instance holds
+    /// the relay lock publishes rows of every topic.
+    pub fn all_layouts(&self) -> Vec<std::sync::Arc<streams::TopicLayout>> {
+        vec![
+            self.ingested.layout().clone(),
+            self.summarized.layout().clone(),
+        ]
+    }
 }
 
 #[cfg(test)]
@@ -93,7 +111,13 @@ mod tests {
             categories: vec![],
         };
         assert_eq!(event.message_id(), "astro-ph_0601001v2");
-        assert_eq!(paper_ingested().name(), "paper.ingested");
-        assert_eq!(paper_summarized().config().partitions, PARTITIONS);
+        let topics = Topics::new("").expect("valid");
+        assert_eq!(topics.ingested.name(), "paper.ingested");
+        assert_eq!(
+            Topics::new("t-1.").expect("valid").summarized.name(),
+            "t-1.paper.summarized"
+        );
+        assert!(Topics::new("Bad Prefix").is_err());
+        assert_eq!(topics.summarized.config().partitions, PARTITIONS);
     }
 }

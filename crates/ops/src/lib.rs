@@ -1,9 +1,12 @@
 //! # ops: what makes a service operable
 //!
 //! Every paperstream service needs the same few things, and they should
-//! behave the same everywhere: structured logs, a Prometheus `/metrics`
-//! endpoint, liveness and readiness endpoints, and a shutdown token that
-//! fires on SIGINT or SIGTERM so in-flight work can finish.
+//! behave the same everywhere: configuration from defaults, a file and the
+//! environment; structured logs; a Prometheus `/metrics` endpoint; liveness
+//! and readiness endpoints; and a shutdown token that fires on SIGINT or
+//! SIGTERM so in-flight work can finish.
+
+pub mod config;
 
 use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
 

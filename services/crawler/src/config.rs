@@ -4,20 +4,18 @@
 
 use std::{net::SocketAddr, path::Path, time::Duration};
 
-use figment::{
-    Figment,
-    providers::{Env, Format, Serialized, Toml},
-};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Config {
     pub database_url: String,
-    #[serde(deserialize_with = "list")]
+    #[serde(deserialize_with = "ops::config::list")]
     pub redis_urls: Vec<String>,
     pub arxiv: ArxivSettings,
     pub schedule: Schedule,
     pub ops_addr: SocketAddr,
+    /// Prepended to topic names; empty in production.
+    pub topic_prefix: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -33,9 +31,9 @@ pub struct ArxivSettings {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Schedule {
-    #[serde(deserialize_with = "list")]
+    #[serde(deserialize_with = "ops::config::list")]
     pub categories: Vec<String>,
-    #[serde(deserialize_with = "list")]
+    #[serde(deserialize_with = "ops::config::list")]
     pub sets: Vec<String>,
     /// How many past days each scheduled run harvests again, for
     /// replacements announced late.
@@ -66,25 +64,14 @@ impl Default for Config {
                 probe_interval_s: 600,
             },
             ops_addr: ([127, 0, 0, 1], 9101).into(),
+            topic_prefix: String::new(),
         }
     }
 }
 
 impl Config {
-    pub fn load(file: Option<&Path>) -> Result<Self, Box<figment::Error>> {
-        let mut figment = Figment::from(Serialized::defaults(Config::default()));
-        if let Some(file) = file {
-            figment = figment.merge(Toml::file_exact(file));
-        }
-        figment
-            .merge(
-                Env::raw()
-                    .only(&["DATABASE_URL"])
-                    .map(|_| "database_url".into()),
-            )
-            .merge(Env::prefixed("PAPERSTREAM_").split("__"))
-            .extract()
-            .map_err(Box::new)
+    pub fn load(file: Option<&Path>) -> Result<Self, Box<ops::config::Error>> {
+        ops::config::load(Config::default(), file, &[("DATABASE_URL", "database_url")])
     }
 }
 
@@ -117,24 +104,6 @@ impl Schedule {
     pub fn probe_interval(&self) -> Duration {
         Duration::from_secs(self.probe_interval_s)
     }
-}
-
-/// A list given as a list (TOML) or as one comma-separated string (env).
-fn list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany {
-        Text(String),
-        Many(Vec<String>),
-    }
-    Ok(match OneOrMany::deserialize(deserializer)? {
-        OneOrMany::Text(text) => text
-            .split(',')
-            .map(|s| s.trim().to_owned())
-            .filter(|s| !s.is_empty())
-            .collect(),
-        OneOrMany::Many(list) => list,
-    })
 }
 
 #[cfg(test)]

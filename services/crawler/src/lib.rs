@@ -26,7 +26,7 @@ use catalog::Stored;
 use events::PaperIngested;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
-use streams::{StreamsClient, Topic};
+use streams::StreamsClient;
 use time::Date;
 use tokio_util::sync::CancellationToken;
 
@@ -95,13 +95,13 @@ pub struct Crawler {
     pool: PgPool,
     arxiv: Arc<ArxivClient>,
     streams: StreamsClient,
-    topic: Topic<PaperIngested>,
+    topics: events::Topics,
 }
 
 impl std::fmt::Debug for Crawler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Crawler")
-            .field("topic", &self.topic)
+            .field("topics", &self.topics)
             .finish_non_exhaustive()
     }
 }
@@ -123,10 +123,12 @@ impl Crawler {
             config.arxiv.request_timeout() * 2,
         );
         let arxiv = Client::new(config.arxiv.client_config(), pacer)?;
-        let topic = events::paper_ingested();
+        let topics = events::Topics::new(&config.topic_prefix)?;
+        // The summarizer's group exists from the start, so that backpressure
+        // and retention count it before it first runs.
         streams::ensure_group(
             &streams,
-            topic.layout(),
+            topics.ingested.layout(),
             "summarizer",
             streams::StartFrom::Beginning,
         )
@@ -135,7 +137,7 @@ impl Crawler {
             pool,
             arxiv: Arc::new(arxiv),
             streams,
-            topic,
+            topics,
         })
     }
 
@@ -151,7 +153,7 @@ impl Crawler {
         outbox::Relay::new(
             self.pool.clone(),
             self.streams.clone(),
-            [self.topic.layout().clone()],
+            self.topics.all_layouts(),
             outbox::RelayConfig::default(),
         )
     }
@@ -177,7 +179,7 @@ impl Crawler {
                 };
                 outbox::enqueue(
                     &mut tx,
-                    &self.topic,
+                    &self.topics.ingested,
                     paper.id.as_str(),
                     &event.message_id(),
                     &event,

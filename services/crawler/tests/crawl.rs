@@ -31,6 +31,7 @@ async fn setup(papers: usize, page_size: usize) -> Setup {
             attempts: 2,
             ..defaults.arxiv.clone()
         },
+        topic_prefix: format!("{}.", test_support::unique_name("t")),
         ..defaults
     };
     let crawler = Crawler::connect(&config).await.expect("crawler");

@@ -1,0 +1,239 @@
+//! # summarizer: one summary per paper version
+//!
+//! Consumes `paper.ingested` in the `summarizer` group, summarizes each new
+//! paper version through the LLM chain (Ollama, then OpenAI within its
+//! budget, then the offline extractive summary), stores the summary and
+//! announces it on `paper.summarized` in one transaction (through the
+//! outbox).
+//!
+//! Redelivery is harmless: a version that already has a summary for the
+//! current prompt is acknowledged without calling a model, and the summary
+//! and its event are each written once (primary key, outbox message id).
+
+pub mod config;
+
+use std::{sync::Arc, time::Duration};
+
+use events::{PaperIngested, PaperSummarized};
+use llm::{
+    PROMPT_VERSION, SummaryRequest,
+    breaker::{Guard, Guarded},
+    budget::SpendCap,
+    chain::{Chain, Provider},
+    extractive::Extractive,
+    ollama::Ollama,
+    openai::{OpenAi, OpenAiConfig},
+};
+use sqlx::PgPool;
+use streams::{Consumer, ConsumerConfig, Failure, Message, StreamsClient};
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("catalog: {0}")]
+    Catalog(#[from] catalog::Error),
+    #[error("outbox: {0}")]
+    Outbox(#[from] outbox::Error),
+    #[error("streams: {0}")]
+    Streams(#[from] streams::Error),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("llm: {0}")]
+    Llm(#[from] llm::LlmError),
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Build the fallback chain the configuration asks for.
+pub async fn chain(config: &config::LlmSettings, redis_urls: &[String]) -> Result<Chain> {
+    let guard = |timeout_s: u64, max_in_flight: usize| Guard {
+        timeout: Duration::from_secs(timeout_s),
+        max_in_flight,
+        queue_wait: Duration::from_secs(timeout_s),
+        failures_to_open: config.breaker_failures,
+        open_for: config.breaker_open(),
+    };
+    let mut providers = Vec::new();
+    for name in &config.order {
+        match name.as_str() {
+            "ollama" => providers.push(Provider::Ollama(Guarded::new(
+                Ollama::new(
+                    &config.ollama_url,
+                    &config.ollama_model,
+                    Duration::from_secs(config.ollama_timeout_s),
+                )?,
+                guard(config.ollama_timeout_s, config.ollama_max_in_flight),
+            ))),
+            "openai" => {
+                let Some(api_key) = config.openai_api_key.clone() else {
+                    tracing::info!("no OpenAI API key configured; the chain goes without OpenAI");
+                    continue;
+                };
+                let openai = OpenAi::new(OpenAiConfig {
+                    base_url: config.openai_url.clone(),
+                    api_key,
+                    model: config.openai_model.clone(),
+                    max_output_tokens: config.openai_max_output_tokens,
+                    input_price_per_1k_micro_usd: config.openai_input_price_per_1k_micro_usd,
+                    output_price_per_1k_micro_usd: config.openai_output_price_per_1k_micro_usd,
+                    timeout: Duration::from_secs(config.openai_timeout_s),
+                })?;
+                let connection = redis::cluster::ClusterClient::new(redis_urls.to_vec())?
+                    .get_async_connection()
+                    .await?;
+                providers.push(Provider::OpenAi(
+                    Guarded::new(openai, guard(config.openai_timeout_s, 16)),
+                    SpendCap::new(connection, "openai", config.openai_daily_tokens),
+                ));
+            }
+            "extractive" => providers.push(Provider::Extractive(Extractive::default())),
+            other => return Err(Error::Config(format!("unknown LLM provider {other:?}"))),
+        }
+    }
+    if providers.is_empty() {
+        return Err(Error::Config("the LLM chain has no providers".into()));
+    }
+    Ok(Chain::new(providers))
+}
+
+/// Summarize one paper version, idempotently.
+#[derive(Debug, Clone)]
+pub struct Summarize {
+    pool: PgPool,
+    chain: Arc<Chain>,
+    topic: streams::Topic<PaperSummarized>,
+}
+
+impl Summarize {
+    pub fn new(pool: PgPool, chain: Chain, topic: streams::Topic<PaperSummarized>) -> Self {
+        Self {
+            pool,
+            chain: Arc::new(chain),
+            topic,
+        }
+    }
+
+    pub async fn handle(&self, message: Message<PaperIngested>) -> Result<(), Failure> {
+        let event = message.payload;
+        let version = i32::try_from(event.version)
+            .map_err(|_| Failure::Reject(format!("bad version {}", event.version)))?;
+        let retry =
+            |what: &str, err: &dyn std::fmt::Display| Failure::Retry(format!("{what}: {err}"));
+        if catalog::has_summary(&self.pool, &event.arxiv_id, version, PROMPT_VERSION as i32)
+            .await
+            .map_err(|e| retry("check", &e))?
+        {
+            metrics::counter!("summarizer_skipped_total", "reason" => "already_summarized")
+                .increment(1);
+            return Ok(());
+        }
+        let Some(paper) = catalog::paper(&self.pool, &event.arxiv_id, version)
+            .await
+            .map_err(|e| retry("read paper", &e))?
+        else {
+            return Err(Failure::Reject(format!(
+                "{}v{} is not in the catalog",
+                event.arxiv_id, event.version
+            )));
+        };
+        let request = SummaryRequest {
+            arxiv_id: paper.arxiv_id.clone(),
+            version: event.version,
+            title: paper.title.clone(),
+            abstract_text: paper.abstract_text.clone(),
+        };
+        let summary = self
+            .chain
+            .summarize(&request)
+            .await
+            .map_err(|e| retry("summarize", &e))?;
+        let announced = PaperSummarized {
+            arxiv_id: paper.arxiv_id.clone(),
+            version: event.version,
+            prompt_version: PROMPT_VERSION,
+            provider: summary.provider.clone(),
+            extractive: summary.extractive,
+        };
+        let store = async {
+            let mut tx = self.pool.begin().await.map_err(catalog::Error::from)?;
+            let stored = catalog::store_summary(
+                &mut tx,
+                &catalog::NewSummary {
+                    arxiv_id: &paper.arxiv_id,
+                    version,
+                    prompt_version: PROMPT_VERSION as i32,
+                    provider: &summary.provider,
+                    model: &summary.model,
+                    text: &summary.text,
+                    extractive: summary.extractive,
+                    input_tokens: summary.input_tokens as i32,
+                    output_tokens: summary.output_tokens as i32,
+                    cost_micro_usd: summary.cost_micro_usd as i64,
+                },
+            )
+            .await?;
+            if stored {
+                outbox::enqueue(
+                    &mut tx,
+                    &self.topic,
+                    &paper.arxiv_id,
+                    &announced.message_id(),
+                    &announced,
+                )
+                .await?;
+            }
+            tx.commit().await.map_err(catalog::Error::from)?;
+            Ok::<bool, Error>(stored)
+        };
+        let stored = store.await.map_err(|e| retry("store", &e))?;
+        metrics::counter!(
+            "summarizer_summaries_total",
+            "provider" => summary.provider.clone(),
+            "stored" => if stored { "new" } else { "repeat" }
+        )
+        .increment(1);
+        Ok(())
+    }
+}
+
+/// Consume `paper.ingested` and relay the outbox until `shutdown`.
+pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<()> {
+    let pool = catalog::connect(&config.database_url, 16).await?;
+    catalog::migrate(&pool).await?;
+    outbox::migrate(&pool).await?;
+    let client =
+        StreamsClient::connect(streams::ClientConfig::new(config.redis_urls.clone())).await?;
+    let chain = chain(&config.llm, &config.redis_urls).await?;
+    let topics = events::Topics::new(&config.topic_prefix)?;
+    let summarize = Summarize::new(pool.clone(), chain, topics.summarized.clone());
+    let relay = outbox::Relay::new(
+        pool,
+        client.clone(),
+        topics.all_layouts(),
+        outbox::RelayConfig::default(),
+    );
+    let relaying = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { relay.run(shutdown).await }
+    });
+    let mut consumer_config = ConsumerConfig::new("summarizer");
+    consumer_config.batch_size = 20;
+    consumer_config.max_concurrent_batches = config.max_concurrent_batches;
+    let handler = streams::per_message(move |message: Message<PaperIngested>| {
+        let summarize = summarize.clone();
+        async move { summarize.handle(message).await }
+    });
+    Consumer::new(client, &topics.ingested, consumer_config, handler)
+        .run(shutdown)
+        .await?;
+    match relaying.await {
+        Ok(Err(err)) => tracing::warn!(%err, "outbox relay stopped with an error"),
+        Err(err) => tracing::warn!(%err, "outbox relay panicked"),
+        Ok(Ok(())) => {}
+    }
+    Ok(())
+}

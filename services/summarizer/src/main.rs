@@ -1,0 +1,32 @@
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use summarizer::Config;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Summarizes every new paper version once: Ollama, then OpenAI, then an
+/// extractive summary.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    /// TOML configuration file; the environment overrides it.
+    #[arg(long, env = "PAPERSTREAM_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    ops::init_logging();
+    let cli = Cli::parse();
+    let config = Config::load(cli.config.as_deref()).context("configuration")?;
+    tracing::info!(llm = ?config.llm, "summarizer starting");
+    let shutdown = ops::shutdown_on_signal();
+    let metrics = ops::init_metrics()?;
+    streams::metrics::describe();
+    ops::serve(config.ops_addr, metrics, Vec::new(), shutdown.clone()).await?;
+    summarizer::run(&config, shutdown).await?;
+    Ok(())
+}
