@@ -16,7 +16,9 @@ use std::{
     time::Duration,
 };
 
-use failsafe::{Config, StateMachine, backoff, failure_policy};
+use std::collections::VecDeque;
+
+use failsafe::{Config, StateMachine, failure_policy::FailurePolicy};
 use tokio::sync::Semaphore;
 
 use crate::{LlmError, Summarizer, Summary, SummaryRequest};
@@ -60,7 +62,52 @@ impl failsafe::Instrument for StateRecorder {
     }
 }
 
-type Machine = StateMachine<failure_policy::ConsecutiveFailures<backoff::Constant>, StateRecorder>;
+/// Opens when at least `share` of the recent calls failed (the last
+/// `window`, once there are `min_calls` of them).
+///
+/// A dead provider fails every call and opens the breaker after
+/// `min_calls`. A flaky one that still answers half the calls keeps it
+/// closed: each failed call falls back on its own, and the fallback, which
+/// costs money, is used only as much as the failures force. A breaker on
+/// consecutive failures would open on a chance run of them and send every
+/// call to the fallback for the whole open period.
+#[derive(Debug, Clone)]
+struct FailureShare {
+    recent: VecDeque<bool>,
+    window: usize,
+    min_calls: usize,
+    share: f64,
+    open_for: Duration,
+}
+
+impl FailureShare {
+    fn record(&mut self, failed: bool) {
+        if self.recent.len() == self.window {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(failed);
+    }
+}
+
+impl FailurePolicy for FailureShare {
+    fn record_success(&mut self) {
+        self.record(false);
+    }
+
+    fn mark_dead_on_failure(&mut self) -> Option<Duration> {
+        self.record(true);
+        let calls = self.recent.len();
+        let failures = self.recent.iter().filter(|f| **f).count();
+        (calls >= self.min_calls && failures as f64 >= self.share * calls as f64)
+            .then_some(self.open_for)
+    }
+
+    fn revived(&mut self) {
+        self.recent.clear();
+    }
+}
+
+type Machine = StateMachine<FailureShare, StateRecorder>;
 
 #[derive(Clone)]
 pub struct Breaker {
@@ -80,19 +127,23 @@ impl std::fmt::Debug for Breaker {
 }
 
 impl Breaker {
-    /// Opens after `failures` failures in a row, stays open `open_for`,
-    /// then lets one probe decide.
+    /// Opens once at least `failures` recent calls failed and they make 90%
+    /// of the last 50; stays open `open_for`, then lets one probe decide.
     pub fn new(provider: &'static str, failures: u32, open_for: Duration) -> Self {
         let state = Arc::new(AtomicU8::new(BreakerState::Closed as u8));
         let recorder = StateRecorder {
             provider,
             state: state.clone(),
         };
+        let policy = FailureShare {
+            recent: VecDeque::new(),
+            window: 50,
+            min_calls: failures.max(1) as usize,
+            share: 0.9,
+            open_for,
+        };
         let machine = Config::new()
-            .failure_policy(failure_policy::consecutive_failures(
-                failures,
-                backoff::constant(open_for),
-            ))
+            .failure_policy(policy)
             .instrument(recorder)
             .build();
         Self {
