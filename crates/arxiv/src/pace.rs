@@ -84,7 +84,7 @@ if busy > 0 then return busy end
 local next_start = tonumber(redis.call('GET', KEYS[2]) or '0')
 if now < next_start then return next_start - now end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
-redis.call('SET', KEYS[2], now + tonumber(ARGV[2]), 'PX', tonumber(ARGV[2]) * 10)
+redis.call('SET', KEYS[2], now + tonumber(ARGV[2]), 'PX', math.max(tonumber(ARGV[2]) * 10, 1))
 return 0
 "#,
     )
