@@ -25,6 +25,8 @@ pub struct ArxivSettings {
     pub rss_url: String,
     /// arXiv asks for one request every 3 s across all instances.
     pub pace_interval_ms: u64,
+    /// Redis key of the shared pace; every instance must use the same.
+    pub pace_key: String,
     pub request_timeout_s: u64,
     pub attempts: usize,
 }
@@ -53,6 +55,7 @@ impl Default for Config {
                 oai_url: client.oai_url,
                 rss_url: client.rss_url,
                 pace_interval_ms: 3000,
+                pace_key: "arxiv:pace".into(),
                 request_timeout_s: client.request_timeout.as_secs(),
                 attempts: client.attempts,
             },

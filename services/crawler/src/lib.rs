@@ -118,7 +118,7 @@ impl Crawler {
             .await?;
         let pacer = RedisPacer::new(
             pace_connection,
-            "arxiv:pace",
+            &config.arxiv.pace_key,
             config.arxiv.pace_interval(),
             config.arxiv.request_timeout() * 2,
         );

@@ -254,3 +254,70 @@ fn parse_reads_every_interface() {
     }
     assert!(crawler::parse_saved("<feed><entry>").is_err());
 }
+
+/// Two crawler processes running at once share arXiv's pace through Redis:
+/// never two requests within three seconds, never two at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_crawler_processes_keep_one_pace() {
+    let s = setup(40, 25).await;
+    s.fake
+        .inject([fakes::arxiv::Fault::Slow(std::time::Duration::from_millis(200)); 8]);
+    let latest = s
+        .fake
+        .papers()
+        .iter()
+        .map(|p| p.last_changed())
+        .max()
+        .expect("corpus");
+    let category = s
+        .fake
+        .papers()
+        .iter()
+        .find(|p| p.last_changed() == latest)
+        .map(|p| p.categories[0].clone())
+        .expect("announced paper");
+    let pace_key = test_support::unique_name("pace");
+    let spawn = || {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_crawler"))
+            .args(["daily", "--categories", &category])
+            .env("DATABASE_URL", &s.db.url)
+            .env(
+                "PAPERSTREAM_REDIS_URLS",
+                test_support::shared_redis_urls().join(","),
+            )
+            .env("PAPERSTREAM_ARXIV__QUERY_URL", s.fake.query_url())
+            .env("PAPERSTREAM_ARXIV__OAI_URL", s.fake.oai_url())
+            .env("PAPERSTREAM_ARXIV__RSS_URL", s.fake.rss_url())
+            .env("PAPERSTREAM_ARXIV__PACE_KEY", &pace_key)
+            .env(
+                "PAPERSTREAM_TOPIC_PREFIX",
+                format!("{}.", test_support::unique_name("t")),
+            )
+            .env("PAPERSTREAM_OPS_ADDR", "127.0.0.1:0")
+            .kill_on_drop(true)
+            .output()
+    };
+    let (a, b) = tokio::join!(spawn(), spawn());
+    for out in [a.expect("crawler a"), b.expect("crawler b")] {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut log = s.fake.requests();
+    log.sort_by_key(|r| r.started);
+    assert!(
+        log.len() >= 4,
+        "each process sent its requests: {}",
+        log.len()
+    );
+    for pair in log.windows(2) {
+        assert!(pair[1].started >= pair[0].finished, "two requests at once");
+        assert!(
+            pair[1].started - pair[0].started >= std::time::Duration::from_millis(2980),
+            "requests {:?} apart",
+            pair[1].started - pair[0].started
+        );
+    }
+}
