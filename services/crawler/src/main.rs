@@ -72,19 +72,7 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = ops::shutdown_on_signal();
     let metrics = ops::init_metrics()?;
     let crawler = Crawler::connect(&config).await?;
-    let checks = vec![("postgres", {
-        let pool = crawler.pool().clone();
-        ops::check(move || {
-            let pool = pool.clone();
-            async move {
-                sqlx::query("SELECT 1")
-                    .execute(&pool)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            }
-        })
-    })];
+    let checks = crawler.checks();
     ops::serve(config.ops_addr, metrics, checks, shutdown.clone()).await?;
     match cli.command {
         Command::Backfill {

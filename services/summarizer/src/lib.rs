@@ -200,40 +200,102 @@ impl Summarize {
     }
 }
 
-/// Consume `paper.ingested` and relay the outbox until `shutdown`.
-pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<()> {
-    let pool = catalog::connect(&config.database_url, 16).await?;
-    catalog::migrate(&pool).await?;
-    outbox::migrate(&pool).await?;
-    let client =
-        StreamsClient::connect(streams::ClientConfig::new(config.redis_urls.clone())).await?;
-    let chain = chain(&config.llm, &config.redis_urls).await?;
-    let topics = events::Topics::new(&config.topic_prefix)?;
-    let summarize = Summarize::new(pool.clone(), chain, topics.summarized.clone());
-    let relay = outbox::Relay::new(
-        pool,
-        client.clone(),
-        topics.all_layouts(),
-        outbox::RelayConfig::default(),
-    );
-    let relaying = tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move { relay.run(shutdown).await }
-    });
-    let mut consumer_config = ConsumerConfig::new("summarizer");
-    consumer_config.batch_size = 20;
-    consumer_config.max_concurrent_batches = config.max_concurrent_batches;
-    let handler = streams::per_message(move |message: Message<PaperIngested>| {
-        let summarize = summarize.clone();
-        async move { summarize.handle(message).await }
-    });
-    Consumer::new(client, &topics.ingested, consumer_config, handler)
-        .run(shutdown)
-        .await?;
-    match relaying.await {
-        Ok(Err(err)) => tracing::warn!(%err, "outbox relay stopped with an error"),
-        Err(err) => tracing::warn!(%err, "outbox relay panicked"),
-        Ok(Ok(())) => {}
+/// The summarizer's connections, ready to run.
+#[derive(Debug)]
+pub struct Service {
+    pool: PgPool,
+    client: StreamsClient,
+    topics: events::Topics,
+    summarize: Summarize,
+    max_concurrent_batches: usize,
+}
+
+impl Service {
+    pub async fn connect(config: &Config) -> Result<Self> {
+        let pool = catalog::connect(&config.database_url, 16).await?;
+        catalog::migrate(&pool).await?;
+        outbox::migrate(&pool).await?;
+        let client =
+            StreamsClient::connect(streams::ClientConfig::new(config.redis_urls.clone())).await?;
+        let chain = chain(&config.llm, &config.redis_urls).await?;
+        let topics = events::Topics::new(&config.topic_prefix)?;
+        let summarize = Summarize::new(pool.clone(), chain, topics.summarized.clone());
+        Ok(Self {
+            pool,
+            client,
+            topics,
+            summarize,
+            max_concurrent_batches: config.max_concurrent_batches,
+        })
     }
-    Ok(())
+
+    /// Readiness: Postgres and the Redis Cluster answer.
+    pub fn checks(&self) -> Vec<(&'static str, ops::Check)> {
+        let pool = self.pool.clone();
+        let client = self.client.clone();
+        vec![
+            (
+                "postgres",
+                ops::check(move || {
+                    let pool = pool.clone();
+                    async move {
+                        sqlx::query("SELECT 1")
+                            .execute(&pool)
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string())
+                    }
+                }),
+            ),
+            (
+                "redis",
+                ops::check(move || {
+                    let client = client.clone();
+                    async move {
+                        client
+                            .slot_ranges()
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string())
+                    }
+                }),
+            ),
+        ]
+    }
+
+    /// Consume `paper.ingested` and relay the outbox until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        let relay = outbox::Relay::new(
+            self.pool.clone(),
+            self.client.clone(),
+            self.topics.all_layouts(),
+            outbox::RelayConfig::default(),
+        );
+        let relaying = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move { relay.run(shutdown).await }
+        });
+        let mut consumer_config = ConsumerConfig::new("summarizer");
+        consumer_config.batch_size = 20;
+        consumer_config.max_concurrent_batches = self.max_concurrent_batches;
+        let summarize = self.summarize;
+        let handler = streams::per_message(move |message: Message<PaperIngested>| {
+            let summarize = summarize.clone();
+            async move { summarize.handle(message).await }
+        });
+        Consumer::new(self.client, &self.topics.ingested, consumer_config, handler)
+            .run(shutdown)
+            .await?;
+        match relaying.await {
+            Ok(Err(err)) => tracing::warn!(%err, "outbox relay stopped with an error"),
+            Err(err) => tracing::warn!(%err, "outbox relay panicked"),
+            Ok(Ok(())) => {}
+        }
+        Ok(())
+    }
+}
+
+/// Connect and run until `shutdown`.
+pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<()> {
+    Service::connect(config).await?.run(shutdown).await
 }

@@ -26,7 +26,8 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = ops::shutdown_on_signal();
     let metrics = ops::init_metrics()?;
     streams::metrics::describe();
-    ops::serve(config.ops_addr, metrics, Vec::new(), shutdown.clone()).await?;
-    summarizer::run(&config, shutdown).await?;
+    let service = summarizer::Service::connect(&config).await?;
+    ops::serve(config.ops_addr, metrics, service.checks(), shutdown.clone()).await?;
+    service.run(shutdown).await?;
     Ok(())
 }
