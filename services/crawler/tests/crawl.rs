@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 struct Setup {
     fake: FakeArxiv,
     db: TestDatabase,
+    config: Config,
     crawler: Crawler,
 }
 
@@ -35,7 +36,12 @@ async fn setup(papers: usize, page_size: usize) -> Setup {
         ..defaults
     };
     let crawler = Crawler::connect(&config).await.expect("crawler");
-    Setup { fake, db, crawler }
+    Setup {
+        fake,
+        db,
+        config,
+        crawler,
+    }
 }
 
 impl Setup {
@@ -320,4 +326,62 @@ async fn two_crawler_processes_keep_one_pace() {
             pair[1].started - pair[0].started
         );
     }
+}
+
+/// The scheduled mode crawls, relays the events and probes arXiv, and
+/// stops cleanly when asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_mode_crawls_relays_and_stops_on_request() {
+    let s = setup(60, 25).await;
+    let latest = s
+        .fake
+        .papers()
+        .iter()
+        .map(|p| p.last_changed())
+        .max()
+        .expect("corpus");
+    let mut config = s.config.clone();
+    config.schedule.categories = s
+        .fake
+        .papers()
+        .iter()
+        .filter(|p| p.last_changed() == latest)
+        .map(|p| p.categories[0].clone())
+        .collect();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn({
+        let (crawler, shutdown) = (s.crawler.clone(), shutdown.clone());
+        async move { crawler::run_scheduled(crawler, &config, shutdown).await }
+    });
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let published = s
+            .count("SELECT count(*) FROM outbox WHERE published_at IS NOT NULL")
+            .await;
+        if published > 0
+            && s.count("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+                .await
+                == 0
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing was crawled and relayed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        s.fake
+            .requests()
+            .iter()
+            .any(|r| r.query.contains("id_list=2104.12255")),
+        "arXiv was probed"
+    );
+    shutdown.cancel();
+    tokio::time::timeout(std::time::Duration::from_secs(10), running)
+        .await
+        .expect("stops within 10 s")
+        .expect("join")
+        .expect("scheduled run");
 }
