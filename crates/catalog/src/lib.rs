@@ -49,6 +49,15 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool> {
         .await?)
 }
 
+/// Whether the database answers, for readiness checks.
+pub async fn ping(pool: PgPool) -> Result<(), String> {
+    sqlx::query("SELECT 1")
+        .execute(&pool)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 /// What storing a paper version did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stored {

@@ -61,6 +61,16 @@ where
     Arc::new(move || Box::pin(f()))
 }
 
+/// A [`Check`] that runs `f` on a clone of `context`, e.g. a pool.
+pub fn check_with<C, F, Fut>(context: C, f: F) -> Check
+where
+    C: Clone + Send + Sync + 'static,
+    F: Fn(C) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), String>> + Send + 'static,
+{
+    Arc::new(move || Box::pin(f(context.clone())))
+}
+
 #[derive(Clone)]
 struct OpsState {
     metrics: PrometheusHandle,

@@ -267,6 +267,14 @@ impl StreamsClient {
         parse_cluster_slots(reply)
     }
 
+    /// Whether the cluster answers, for readiness checks.
+    pub async fn ping(self) -> std::result::Result<(), String> {
+        self.slot_ranges()
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
     /// The masters of the cluster, by address.
     pub async fn masters(&self) -> Result<Vec<String>> {
         let mut masters: Vec<String> = self

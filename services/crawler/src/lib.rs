@@ -144,34 +144,14 @@ impl Crawler {
     /// Readiness: Postgres and the Redis Cluster answer. (arXiv's health
     /// is the `arxiv_up` gauge: the crawler can wait out an arXiv outage.)
     pub fn checks(&self) -> Vec<(&'static str, ops::Check)> {
-        let pool = self.pool.clone();
-        let client = self.streams.clone();
         vec![
             (
                 "postgres",
-                ops::check(move || {
-                    let pool = pool.clone();
-                    async move {
-                        sqlx::query("SELECT 1")
-                            .execute(&pool)
-                            .await
-                            .map(|_| ())
-                            .map_err(|e| e.to_string())
-                    }
-                }),
+                ops::check_with(self.pool.clone(), catalog::ping),
             ),
             (
                 "redis",
-                ops::check(move || {
-                    let client = client.clone();
-                    async move {
-                        client
-                            .slot_ranges()
-                            .await
-                            .map(|_| ())
-                            .map_err(|e| e.to_string())
-                    }
-                }),
+                ops::check_with(self.streams.clone(), StreamsClient::ping),
             ),
         ]
     }

@@ -231,34 +231,14 @@ impl Service {
 
     /// Readiness: Postgres and the Redis Cluster answer.
     pub fn checks(&self) -> Vec<(&'static str, ops::Check)> {
-        let pool = self.pool.clone();
-        let client = self.client.clone();
         vec![
             (
                 "postgres",
-                ops::check(move || {
-                    let pool = pool.clone();
-                    async move {
-                        sqlx::query("SELECT 1")
-                            .execute(&pool)
-                            .await
-                            .map(|_| ())
-                            .map_err(|e| e.to_string())
-                    }
-                }),
+                ops::check_with(self.pool.clone(), catalog::ping),
             ),
             (
                 "redis",
-                ops::check(move || {
-                    let client = client.clone();
-                    async move {
-                        client
-                            .slot_ranges()
-                            .await
-                            .map(|_| ())
-                            .map_err(|e| e.to_string())
-                    }
-                }),
+                ops::check_with(self.client.clone(), StreamsClient::ping),
             ),
         ]
     }
