@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 /// A parsed query. Terms are normalized: lowercase words separated by one
 /// space.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Query {
     Term(String),
     And(Vec<Query>),
@@ -105,6 +105,16 @@ impl Query {
             Self::Not(_) => false,
             Self::And(parts) => parts.iter().any(Query::has_required_term),
             Self::Or(parts) => parts.iter().all(Query::has_required_term),
+        }
+    }
+
+    /// Whether any one of its terms being present is the whole match: a
+    /// term, or alternatives of terms.
+    pub fn is_any_of_terms(&self) -> bool {
+        match self {
+            Self::Term(_) => true,
+            Self::Or(parts) => parts.iter().all(Query::is_any_of_terms),
+            Self::And(_) | Self::Not(_) => false,
         }
     }
 
