@@ -32,6 +32,7 @@ pub mod oai;
 pub mod pace;
 mod paper;
 pub mod query;
+pub mod taxonomy;
 
 pub use error::ParseError;
 pub use id::{ArxivId, VersionedId};
