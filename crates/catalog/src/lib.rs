@@ -7,6 +7,8 @@
 //! paper and the event announcing it (see the `outbox` crate) commit
 //! together.
 
+pub mod reading;
+
 use arxiv::{Author, Paper};
 use serde::{Serialize, de::DeserializeOwned};
 use sqlx::{PgConnection, PgPool, Row, postgres::PgPoolOptions, types::Json};

@@ -177,3 +177,58 @@ async fn checkpoints_round_trip() {
         }
     );
 }
+
+#[tokio::test]
+async fn readers_get_the_newest_version_with_its_newest_summary() {
+    let db = database().await;
+    let mut paper = paper_titled_zero();
+    paper.title = "Sparse attention for graph transformers".into();
+    paper.abstract_text = "We study sparse attention in graph transformers.".into();
+    store(&db, &paper).await;
+    let mut second = paper.clone();
+    second.version = Some(2);
+    second.abstract_text = "We study sparse attention in graph transformers, again.".into();
+    store(&db, &second).await;
+    for (prompt_version, text) in [(1, "old prompt"), (2, "new prompt")] {
+        let mut tx = db.pool.begin().await.expect("begin");
+        catalog::store_summary(
+            &mut tx,
+            &NewSummary {
+                arxiv_id: "2104.12255",
+                version: 2,
+                prompt_version,
+                provider: "ollama",
+                model: "gemma3",
+                text,
+                extractive: false,
+                input_tokens: 0,
+                output_tokens: 0,
+                cost_micro_usd: 0,
+            },
+        )
+        .await
+        .expect("summary");
+        tx.commit().await.expect("commit");
+    }
+    let recent = catalog::reading::recent(&db.pool, 7, 10)
+        .await
+        .expect("recent");
+    assert_eq!(recent.len(), 1, "one card per paper");
+    assert_eq!(recent[0].version, 2);
+    assert_eq!(recent[0].summary.as_deref(), Some("new prompt"));
+    let found = catalog::reading::search(&db.pool, "\"graph transformers\" -quantum", 10, 0)
+        .await
+        .expect("search");
+    assert_eq!(found.iter().map(|c| c.version).collect::<Vec<_>>(), [2]);
+    assert!(
+        catalog::reading::search(&db.pool, "quantum", 10, 0)
+            .await
+            .expect("search")
+            .is_empty()
+    );
+    let first = catalog::reading::card(&db.pool, "2104.12255", 1)
+        .await
+        .expect("card")
+        .expect("exists");
+    assert_eq!(first.summary, None);
+}
