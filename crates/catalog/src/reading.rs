@@ -114,3 +114,20 @@ pub async fn search(pool: &PgPool, query: &str, limit: i64, offset: i64) -> Resu
     .await?;
     rows.iter().map(Card::from_row).collect()
 }
+
+/// Several paper versions with their summaries, in the order asked.
+pub async fn cards(pool: &PgPool, keys: &[(String, i32)]) -> Result<Vec<Card>> {
+    let ids: Vec<&str> = keys.iter().map(|(id, _)| id.as_str()).collect();
+    let versions: Vec<i32> = keys.iter().map(|(_, v)| *v).collect();
+    let rows = sqlx::query(concat!(
+        card_select!(),
+        "JOIN unnest($1::text[], $2::int[]) WITH ORDINALITY AS k(arxiv_id, version, n) \
+           ON k.arxiv_id = p.arxiv_id AND k.version = p.version \
+         ORDER BY k.n"
+    ))
+    .bind(&ids)
+    .bind(&versions)
+    .fetch_all(pool)
+    .await?;
+    rows.iter().map(Card::from_row).collect()
+}

@@ -231,4 +231,15 @@ async fn readers_get_the_newest_version_with_its_newest_summary() {
         .expect("card")
         .expect("exists");
     assert_eq!(first.summary, None);
+    let both = catalog::reading::cards(
+        &db.pool,
+        &[
+            ("2104.12255".into(), 2),
+            ("2104.12255".into(), 1),
+            ("9999.99999".into(), 1),
+        ],
+    )
+    .await
+    .expect("cards");
+    assert_eq!(both.iter().map(|c| c.version).collect::<Vec<_>>(), [2, 1]);
 }

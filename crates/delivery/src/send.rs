@@ -1,0 +1,305 @@
+//! Senders: SMTP with lettre, webhooks and Slack with reqwest.
+//!
+//! Each send is given a stable identity by its caller, the same for every
+//! attempt of one delivery (an email's Message-ID, a webhook's
+//! `webhook-id`), so that a receiver can drop a repeat sent after a crash.
+
+use std::time::Duration;
+
+use base64::{Engine as _, engine::general_purpose::STANDARD};
+use hmac::{Hmac, Mac};
+use lettre::{
+    AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
+    message::{
+        MultiPart,
+        header::{HeaderName, HeaderValue},
+    },
+    transport::smtp::{
+        authentication::Credentials,
+        client::{Tls, TlsParameters},
+    },
+};
+use serde_json::Value;
+use sha2::Sha256;
+
+use crate::render::Email;
+
+/// How a send failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// Try again later: the receiver is down, slow, or asked us to wait.
+    #[error("temporary failure: {0}")]
+    Transient(String),
+    /// Do not try again: the receiver refused this for good (no such
+    /// mailbox, a webhook answering 4xx).
+    #[error("refused: {0}")]
+    Permanent(String),
+}
+
+impl SendError {
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Self::Permanent(_))
+    }
+}
+
+/// How to reach the SMTP server.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SmtpSecurity {
+    /// Plain text: only for a local relay or the demo's fake server.
+    None,
+    StartTls,
+    /// TLS from the first byte (port 465).
+    Tls,
+}
+
+#[derive(Clone, serde::Deserialize, serde::Serialize)]
+pub struct SmtpConfig {
+    pub host: String,
+    pub port: u16,
+    pub security: SmtpSecurity,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// `paperstream <papers@example.org>`
+    pub from: String,
+    pub timeout_s: u64,
+}
+
+impl std::fmt::Debug for SmtpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmtpConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("security", &self.security)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "…"))
+            .field("from", &self.from)
+            .finish()
+    }
+}
+
+/// Sends email through one SMTP server, over pooled connections.
+#[derive(Clone)]
+pub struct Mailer {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: lettre::message::Mailbox,
+}
+
+impl std::fmt::Debug for Mailer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mailer").field("from", &self.from).finish()
+    }
+}
+
+impl Mailer {
+    pub fn new(config: &SmtpConfig) -> Result<Self, String> {
+        let from = config
+            .from
+            .parse()
+            .map_err(|err| format!("sender address {:?}: {err}", config.from))?;
+        let tls = match config.security {
+            SmtpSecurity::None => Tls::None,
+            SmtpSecurity::StartTls | SmtpSecurity::Tls => {
+                let parameters = TlsParameters::new(config.host.clone())
+                    .map_err(|err| format!("TLS for {}: {err}", config.host))?;
+                if config.security == SmtpSecurity::Tls {
+                    Tls::Wrapper(parameters)
+                } else {
+                    Tls::Required(parameters)
+                }
+            }
+        };
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&config.host)
+            .port(config.port)
+            .tls(tls)
+            .timeout(Some(Duration::from_secs(config.timeout_s.max(1))));
+        if let (Some(user), Some(password)) = (&config.username, &config.password) {
+            builder = builder.credentials(Credentials::new(user.clone(), password.clone()));
+        }
+        Ok(Self {
+            transport: builder.build(),
+            from,
+        })
+    }
+
+    /// Send `email` to `to` with a stable `message_id` (`id@domain`),
+    /// one-click unsubscribe headers (RFC 8058) pointing at
+    /// `unsubscribe_url`.
+    pub async fn send(
+        &self,
+        to: &str,
+        message_id: &str,
+        email: &Email,
+        unsubscribe_url: &str,
+    ) -> Result<(), SendError> {
+        let to = to
+            .parse()
+            .map_err(|err| SendError::Permanent(format!("recipient {to:?}: {err}")))?;
+        let message = Message::builder()
+            .from(self.from.clone())
+            .to(to)
+            .subject(email.subject.clone())
+            .message_id(Some(format!("<{message_id}>")))
+            .raw_header(HeaderValue::new(
+                HeaderName::new_from_ascii_str("List-Unsubscribe"),
+                format!("<{unsubscribe_url}>"),
+            ))
+            .raw_header(HeaderValue::new(
+                HeaderName::new_from_ascii_str("List-Unsubscribe-Post"),
+                "List-Unsubscribe=One-Click".to_owned(),
+            ))
+            .multipart(MultiPart::alternative_plain_html(
+                email.text.clone(),
+                email.html.clone(),
+            ))
+            .map_err(|err| SendError::Permanent(format!("building the message: {err}")))?;
+        match self.transport.send(message).await {
+            Ok(_) => Ok(()),
+            Err(err) if err.is_permanent() => Err(SendError::Permanent(err.to_string())),
+            // Transient codes, timeouts, refused connections, TLS trouble:
+            // the server may take it later.
+            Err(err) => Err(SendError::Transient(err.to_string())),
+        }
+    }
+
+    /// Whether the server answers (for readiness).
+    pub async fn ping(&self) -> Result<(), String> {
+        match self.transport.test_connection().await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err("the SMTP server did not answer NOOP".into()),
+            Err(err) => Err(err.to_string()),
+        }
+    }
+}
+
+/// Sends webhooks and Slack messages.
+#[derive(Debug, Clone)]
+pub struct HttpSender {
+    client: reqwest::Client,
+}
+
+impl HttpSender {
+    pub fn new(timeout: Duration) -> Result<Self, String> {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            // A webhook answering with a redirect could send us anywhere,
+            // past the checks its URL passed.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("paperstream/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|err| err.to_string())?;
+        Ok(Self { client })
+    }
+
+    /// POST a webhook signed the Standard Webhooks way: `webhook-id`,
+    /// `webhook-timestamp` and `webhook-signature: v1,<base64 HMAC-SHA256
+    /// of "id.timestamp.body">` with the channel's `whsec_` secret.
+    pub async fn webhook(
+        &self,
+        url: &str,
+        secret: &str,
+        id: &str,
+        payload: &Value,
+    ) -> Result<(), SendError> {
+        let body = serde_json::to_vec(payload)
+            .map_err(|err| SendError::Permanent(format!("encoding the payload: {err}")))?;
+        let timestamp = time::OffsetDateTime::now_utc().unix_timestamp().to_string();
+        let signature = sign_webhook(secret, id, &timestamp, &body)
+            .map_err(|err| SendError::Permanent(format!("webhook secret: {err}")))?;
+        let response = self
+            .client
+            .post(url)
+            .header("content-type", "application/json")
+            .header("webhook-id", id)
+            .header("webhook-timestamp", &timestamp)
+            .header("webhook-signature", format!("v1,{signature}"))
+            .body(body)
+            .send()
+            .await;
+        classify(response, |_| Ok(())).await
+    }
+
+    /// POST to a Slack incoming webhook.
+    pub async fn slack(&self, url: &str, payload: &Value) -> Result<(), SendError> {
+        let response = self.client.post(url).json(payload).send().await;
+        classify(response, |body| {
+            // Slack answers `ok`; anything else on 200 is unexpected, but
+            // the message was accepted.
+            if body.trim() != "ok" {
+                tracing::debug!(body, "Slack answered 200 without ok");
+            }
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// Sort a response into success, transient or permanent failure.
+async fn classify(
+    response: Result<reqwest::Response, reqwest::Error>,
+    on_success: impl FnOnce(&str) -> Result<(), SendError>,
+) -> Result<(), SendError> {
+    let response = match response {
+        Ok(response) => response,
+        // Timeouts, refused connections, resets: the receiver may be back
+        // soon.
+        Err(err) => return Err(SendError::Transient(err.to_string())),
+    };
+    let status = response.status();
+    // The body explains refusals (Slack's `no_service`); a bounded read.
+    let body = response
+        .text()
+        .await
+        .unwrap_or_default()
+        .chars()
+        .take(500)
+        .collect::<String>();
+    match status.as_u16() {
+        200..=299 => on_success(&body),
+        408 | 425 | 429 | 500..=599 => Err(SendError::Transient(format!("{status} {body}"))),
+        _ => Err(SendError::Permanent(format!("{status} {body}"))),
+    }
+}
+
+/// The base64 signature of a webhook, from a `whsec_` secret.
+pub fn sign_webhook(
+    secret: &str,
+    id: &str,
+    timestamp: &str,
+    body: &[u8],
+) -> Result<String, String> {
+    let key = webhook_key(secret)?;
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key).map_err(|err| err.to_string())?;
+    mac.update(id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp.as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    Ok(STANDARD.encode(mac.finalize().into_bytes()))
+}
+
+/// The signing key in a `whsec_` secret.
+pub fn webhook_key(secret: &str) -> Result<Vec<u8>, String> {
+    STANDARD
+        .decode(secret.strip_prefix("whsec_").unwrap_or(secret))
+        .map_err(|err| format!("not base64: {err}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn webhook_signatures_follow_the_standard() {
+        // The example from the Standard Webhooks specification.
+        let signature = sign_webhook(
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            "1614265330",
+            br#"{"test": 2432232314}"#,
+        )
+        .expect("valid secret");
+        assert_eq!(signature, "g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+        assert!(sign_webhook("whsec_!!!", "id", "1", b"").is_err());
+    }
+}
