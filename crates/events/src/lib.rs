@@ -63,27 +63,111 @@ impl PaperSummarized {
     }
 }
 
+/// A paper matched some of a person's subscriptions. Key: the user id, so
+/// each person's notifications keep their order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationRequested {
+    pub user_id: i64,
+    pub arxiv_id: String,
+    pub version: u32,
+    pub subscription_ids: Vec<i64>,
+}
+
+impl Event for NotificationRequested {
+    const SCHEMA_VERSION: u32 = 1;
+}
+
+impl NotificationRequested {
+    pub const TOPIC: &'static str = "notification.requested";
+
+    /// One per person and paper: a new version is not news again.
+    pub fn message_id(&self) -> String {
+        format!("u{}:{}", self.user_id, self.arxiv_id.replace('/', "_"))
+    }
+}
+
+/// Something to send on one channel. Each channel kind has its own topic,
+/// so that a mail server outage holds up email only. Key: the user id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryRequested {
+    pub user_id: i64,
+    pub channel_id: i64,
+    pub what: Deliver,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Deliver {
+    /// One paper, now.
+    Paper {
+        arxiv_id: String,
+        subscription_ids: Vec<i64>,
+    },
+    /// A day's papers, gathered in a digest.
+    Digest { digest_id: i64 },
+}
+
+impl Event for DeliveryRequested {
+    const SCHEMA_VERSION: u32 = 1;
+}
+
+impl DeliveryRequested {
+    pub const EMAIL: &'static str = "delivery.email";
+    pub const WEBHOOK: &'static str = "delivery.webhook";
+    pub const SLACK: &'static str = "delivery.slack";
+
+    pub fn message_id(&self) -> String {
+        match &self.what {
+            Deliver::Paper { arxiv_id, .. } => format!(
+                "u{}:c{}:{}",
+                self.user_id,
+                self.channel_id,
+                arxiv_id.replace('/', "_")
+            ),
+            Deliver::Digest { digest_id } => format!("digest:{digest_id}"),
+        }
+    }
+}
+
 /// The topics of one deployment. A prefix (empty in production) keeps
 /// test runs and side-by-side deployments on one cluster apart.
 #[derive(Debug, Clone)]
 pub struct Topics {
     pub ingested: Topic<PaperIngested>,
     pub summarized: Topic<PaperSummarized>,
+    pub notifications: Topic<NotificationRequested>,
+    pub email: Topic<DeliveryRequested>,
+    pub webhook: Topic<DeliveryRequested>,
+    pub slack: Topic<DeliveryRequested>,
 }
 
 impl Topics {
     /// `prefix` is prepended to every name, e.g. `staging.`; it must keep
     /// the names valid (lowercase letters, digits, `.`, `_`, `-`).
     pub fn new(prefix: &str) -> Result<Self, streams::Error> {
+        fn topic<T: Event>(prefix: &str, name: &str) -> Result<Topic<T>, streams::Error> {
+            Topic::new(TopicConfig::new(format!("{prefix}{name}"), PARTITIONS))
+        }
+        // Receivers fail for minutes at a time (a webhook redeploys, a
+        // mailbox is over quota); more attempts, further apart, before a
+        // delivery is dead-lettered. Whole outages do not use attempts up:
+        // the senders' circuit breakers hold deliveries back meanwhile.
+        fn delivery_topic(
+            prefix: &str,
+            name: &str,
+        ) -> Result<Topic<DeliveryRequested>, streams::Error> {
+            let mut config = TopicConfig::new(format!("{prefix}{name}"), PARTITIONS);
+            config.max_attempts = 10;
+            config.retry.max_delay = std::time::Duration::from_secs(120);
+            Topic::new(config)
+        }
         Ok(Self {
-            ingested: Topic::new(TopicConfig::new(
-                format!("{prefix}{}", PaperIngested::TOPIC),
-                PARTITIONS,
-            ))?,
-            summarized: Topic::new(TopicConfig::new(
-                format!("{prefix}{}", PaperSummarized::TOPIC),
-                PARTITIONS,
-            ))?,
+            ingested: topic(prefix, PaperIngested::TOPIC)?,
+            summarized: topic(prefix, PaperSummarized::TOPIC)?,
+            notifications: topic(prefix, NotificationRequested::TOPIC)?,
+            email: delivery_topic(prefix, DeliveryRequested::EMAIL)?,
+            webhook: delivery_topic(prefix, DeliveryRequested::WEBHOOK)?,
+            slack: delivery_topic(prefix, DeliveryRequested::SLACK)?,
         })
     }
 
@@ -93,6 +177,10 @@ impl Topics {
         vec![
             self.ingested.layout().clone(),
             self.summarized.layout().clone(),
+            self.notifications.layout().clone(),
+            self.email.layout().clone(),
+            self.webhook.layout().clone(),
+            self.slack.layout().clone(),
         ]
     }
 }
