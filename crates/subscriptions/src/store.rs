@@ -307,3 +307,19 @@ pub async fn prune_changes(pool: &PgPool, days: i32) -> Result<u64> {
     .await?
     .rows_affected())
 }
+
+/// The names of subscriptions, in the order of `ids` (missing ones left
+/// out), for telling people what matched.
+pub async fn names(pool: &PgPool, ids: &[i64]) -> Result<Vec<String>> {
+    let rows = sqlx::query(
+        "SELECT s.name FROM unnest($1::bigint[]) WITH ORDINALITY AS k(id, n) \
+         JOIN subscriptions s ON s.id = k.id ORDER BY k.n",
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| r.try_get("name"))
+        .collect::<Result<_, _>>()?)
+}
