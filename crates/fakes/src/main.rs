@@ -1,10 +1,11 @@
 //! Run the fakes as standalone servers, for the demo on machines that
-//! cannot reach arXiv or have no Ollama or OpenAI key.
+//! cannot reach arXiv, have no Ollama or OpenAI key, or should not send
+//! real mail and webhooks.
 
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use fakes::{arxiv, llm};
+use fakes::{arxiv, llm, smtp, webhook};
 
 #[derive(Debug, Parser)]
 struct Cli {
@@ -32,6 +33,25 @@ enum Fake {
         #[arg(long, default_value_t = 0.0)]
         error_rate: f64,
         #[arg(long, default_value_t = 200)]
+        latency_ms: u64,
+    },
+    /// An SMTP sink, with a web page of the mail it received.
+    Smtp {
+        #[arg(long, default_value_t = 2525)]
+        port: u16,
+        /// The web page (/) and JSON (/api/mails) of the received mail.
+        #[arg(long, default_value_t = 8025)]
+        http_port: u16,
+    },
+    /// Generic webhooks (/hooks/{name}) and Slack incoming webhooks
+    /// (/slack/{name}).
+    Webhooks {
+        #[arg(long, default_value_t = 7090)]
+        port: u16,
+        /// Share of calls answered 500.
+        #[arg(long, default_value_t = 0.0)]
+        error_rate: f64,
+        #[arg(long, default_value_t = 0)]
         latency_ms: u64,
     },
 }
@@ -73,6 +93,35 @@ async fn main() -> std::io::Result<()> {
                 "fake Ollama at {}, fake OpenAI at {}",
                 server.ollama_url(),
                 server.openai_url()
+            );
+            tokio::signal::ctrl_c().await?;
+        }
+        Fake::Smtp { port, http_port } => {
+            let server = smtp::FakeSmtp::start(smtp::SmtpBehaviour::default(), port).await?;
+            let listener = tokio::net::TcpListener::bind(("127.0.0.1", http_port)).await?;
+            let http = listener.local_addr()?;
+            eprintln!("fake SMTP at {}, its mail at http://{http}", server.addr());
+            tokio::select! {
+                served = axum::serve(listener, server.viewer()) => served?,
+                stop = tokio::signal::ctrl_c() => stop?,
+            }
+        }
+        Fake::Webhooks {
+            port,
+            error_rate,
+            latency_ms,
+        } => {
+            let behaviour = webhook::WebhookBehaviour {
+                error_rate,
+                latency: Duration::from_millis(latency_ms),
+                ..webhook::WebhookBehaviour::default()
+            };
+            let server = webhook::FakeWebhooks::start(behaviour, port).await?;
+            eprintln!(
+                "fake webhooks at {}, Slack at {}, the calls at http://{}/api/hooks",
+                server.url("{name}"),
+                server.slack_url("{name}"),
+                server.addr()
             );
             tokio::signal::ctrl_c().await?;
         }
