@@ -83,6 +83,7 @@ impl std::fmt::Debug for SmtpConfig {
 pub struct Mailer {
     transport: AsyncSmtpTransport<Tokio1Executor>,
     from: lettre::message::Mailbox,
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for Mailer {
@@ -119,6 +120,7 @@ impl Mailer {
         Ok(Self {
             transport: builder.build(),
             from,
+            timeout: Duration::from_secs(config.timeout_s.max(1)),
         })
     }
 
@@ -153,12 +155,15 @@ impl Mailer {
                 email.html.clone(),
             ))
             .map_err(|err| SendError::Permanent(format!("building the message: {err}")))?;
-        match self.transport.send(message).await {
-            Ok(_) => Ok(()),
-            Err(err) if err.is_permanent() => Err(SendError::Permanent(err.to_string())),
-            // Transient codes, timeouts, refused connections, TLS trouble:
-            // the server may take it later.
-            Err(err) => Err(SendError::Transient(err.to_string())),
+        // lettre's own timeout bounds connecting only; a server that
+        // stops answering mid-transaction would hold the send for ever.
+        match tokio::time::timeout(self.timeout, self.transport.send(message)).await {
+            Err(_) => Err(SendError::Transient(format!(
+                "no answer within {} s",
+                self.timeout.as_secs()
+            ))),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(err)) => Err(classify_smtp(&err)),
         }
     }
 
@@ -169,6 +174,23 @@ impl Mailer {
             Ok(false) => Err("the SMTP server did not answer NOOP".into()),
             Err(err) => Err(err.to_string()),
         }
+    }
+}
+
+/// Only replies that speak of the recipient are permanent for it: no such
+/// mailbox (550, 551), not allowed (553), a malformed address (501). Other
+/// 5xx replies (a 554 greeting from a relay that refuses all service, a
+/// 552 over quota) are retried and count against the breaker: they say
+/// the server, not the address, is the trouble.
+fn classify_smtp(err: &lettre::transport::smtp::Error) -> SendError {
+    let code = err.status().map(u16::from);
+    match code {
+        Some(501 | 550 | 551 | 553) => SendError::Permanent(err.to_string()),
+        // Transient codes, other refusals, timeouts, dropped connections,
+        // TLS trouble: the server may take it later. A connection dropped
+        // after the message data may have delivered it; the retry carries
+        // the same Message-ID.
+        _ => SendError::Transient(err.to_string()),
     }
 }
 
