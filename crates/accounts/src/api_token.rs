@@ -1,7 +1,9 @@
 //! Tokens for the JSON API (`Authorization: Bearer ps_...`), stored as
 //! hashes. The `ps_` prefix lets secret scanners recognize a leaked one.
 
+use serde::Serialize;
 use sqlx::{PgConnection, PgPool, Row};
+use time::OffsetDateTime;
 
 use crate::{Error, Result, User, random_token, token_hash, user::user_columns};
 
@@ -73,4 +75,36 @@ pub async fn revoke(pool: &PgPool, user_id: i64, token_id: i64) -> Result<bool> 
     .await?
     .rows_affected()
         == 1)
+}
+
+/// A token as its owner sees it in a list: never the token itself.
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenInfo {
+    pub id: i64,
+    pub name: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_used_at: Option<OffsetDateTime>,
+}
+
+/// The user's tokens that are not revoked, newest first.
+pub async fn list(pool: &PgPool, user_id: i64) -> Result<Vec<TokenInfo>> {
+    let rows = sqlx::query(
+        "SELECT id, name, created_at, last_used_at FROM api_tokens \
+         WHERE user_id = $1 AND revoked_at IS NULL ORDER BY id DESC",
+    )
+    .bind(user_id)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(TokenInfo {
+                id: row.try_get("id")?,
+                name: row.try_get("name")?,
+                created_at: row.try_get("created_at")?,
+                last_used_at: row.try_get("last_used_at")?,
+            })
+        })
+        .collect()
 }

@@ -17,7 +17,8 @@ pub mod signed;
 mod user;
 
 pub use user::{
-    Email, NewUser, Password, Role, TimeZoneName, User, authenticate, create_user, user,
+    Email, NewUser, Password, Role, TimeZoneName, User, authenticate, create_user, set_profile,
+    user,
 };
 
 use sqlx::PgPool;
@@ -60,8 +61,9 @@ pub async fn migrate(pool: &PgPool) -> Result<()> {
     Ok(())
 }
 
-/// Random bytes from the operating system, for tokens.
-pub(crate) fn random_token(prefix: &str) -> String {
+/// 32 random bytes from the operating system, URL-safe base64, after
+/// `prefix`: for session, API and CSRF tokens.
+pub fn random_token(prefix: &str) -> String {
     use base64::Engine as _;
     let mut bytes = [0u8; 32];
     // The OS random source failing leaves no safe way on; every token

@@ -221,6 +221,26 @@ pub async fn user(pool: &PgPool, id: i64) -> Result<Option<User>> {
     Ok(row.as_ref().map(User::from_row).transpose()?)
 }
 
+/// Change where a person lives and when their digests go out; `digest_hour`
+/// is a local hour, 0 to 23.
+pub async fn set_profile(
+    pool: &PgPool,
+    user_id: i64,
+    time_zone: &TimeZoneName,
+    digest_hour: i16,
+) -> Result<()> {
+    if !(0..24).contains(&digest_hour) {
+        return Err(Error::invalid("digest_hour", "choose an hour from 0 to 23"));
+    }
+    sqlx::query("UPDATE users SET time_zone = $2, digest_hour = $3 WHERE id = $1")
+        .bind(user_id)
+        .bind(time_zone.as_str())
+        .bind(digest_hour)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
 /// The user with this email and password. Unknown emails take as long as
 /// wrong passwords, so that timing does not tell which emails have
 /// accounts.

@@ -1,0 +1,92 @@
+use std::path::PathBuf;
+
+use anyhow::Context;
+use api::Config;
+use clap::{Parser, Subcommand};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// paperstream's web UI, JSON API and admin pages.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    /// TOML configuration file; the environment overrides it.
+    #[arg(long, env = "PAPERSTREAM_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the web UI and the API (the default).
+    Serve,
+    /// Create an account, for the first administrator or a demo user. The
+    /// password comes from the environment, never the command line.
+    CreateUser {
+        #[arg(long)]
+        email: String,
+        /// The variable holding the password.
+        #[arg(long, default_value = "PAPERSTREAM_USER_PASSWORD")]
+        password_env: String,
+        #[arg(long)]
+        admin: bool,
+        /// Succeed without change when the account exists.
+        #[arg(long)]
+        if_missing: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    ops::init_logging();
+    let cli = Cli::parse();
+    let config = Config::load(cli.config.as_deref()).context("configuration")?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            tracing::info!(?config, "api starting");
+            let shutdown = ops::shutdown_on_signal();
+            let metrics = ops::init_metrics()?;
+            let state = api::AppState::connect(&config).await?;
+            let checks = vec![(
+                "postgres",
+                ops::check_with(state.pool.clone(), catalog::ping),
+            ), (
+                "redis",
+                ops::check_with(state.client.clone(), streams::StreamsClient::ping),
+            )];
+            ops::serve(config.ops_addr, metrics, checks, shutdown.clone()).await?;
+            api::serve(state, config.listen, shutdown, |_| {}).await?;
+        }
+        Command::CreateUser {
+            email,
+            password_env,
+            admin,
+            if_missing,
+        } => {
+            let password = std::env::var(&password_env)
+                .with_context(|| format!("set {password_env} to the password"))?;
+            let state = api::AppState::connect(&config).await?;
+            let new_user = accounts::NewUser::parse(&email, &password, "UTC").map_err(|errors| {
+                anyhow::anyhow!(
+                    "{}",
+                    errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+                )
+            })?;
+            let role = if admin {
+                accounts::Role::Admin
+            } else {
+                accounts::Role::User
+            };
+            match api::web::auth::create_account(&state, &new_user, role).await {
+                Ok(user) => println!("created {} (id {}, {:?})", user.email, user.id, user.role),
+                Err(api::Error::Accounts(accounts::Error::EmailTaken)) if if_missing => {
+                    println!("{email} exists; left as it is");
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+    }
+    Ok(())
+}
