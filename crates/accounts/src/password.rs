@@ -6,6 +6,8 @@
 
 use std::sync::LazyLock;
 
+use tokio::sync::Semaphore;
+
 use argon2::{
     Argon2,
     password_hash::{PasswordHasher, PasswordVerifier, phc::PasswordHash},
@@ -13,9 +15,17 @@ use argon2::{
 
 use crate::{Error, Result};
 
+static HASHING: LazyLock<Semaphore> = LazyLock::new(|| {
+    Semaphore::new(std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get))
+});
+
 /// Hash a password for storage.
 pub async fn hash(password: &str) -> Result<String> {
     let password = password.to_owned();
+    let _turn = HASHING
+        .acquire()
+        .await
+        .map_err(|err| Error::Hashing(err.to_string()))?;
     tokio::task::spawn_blocking(move || {
         Argon2::default()
             .hash_password(password.as_bytes())
@@ -30,6 +40,10 @@ pub async fn hash(password: &str) -> Result<String> {
 pub async fn verify(password: &str, hash: &str) -> Result<bool> {
     let password = password.to_owned();
     let hash = hash.to_owned();
+    let _turn = HASHING
+        .acquire()
+        .await
+        .map_err(|err| Error::Hashing(err.to_string()))?;
     tokio::task::spawn_blocking(move || {
         let parsed = PasswordHash::new(&hash).map_err(|err| Error::Hashing(err.to_string()))?;
         Ok(Argon2::default()

@@ -55,7 +55,9 @@ pub fn routes() -> Router<AppState> {
         .route("/channels", get(list_channels).post(create_channel))
         .route("/channels/{id}", axum::routing::delete(delete_channel))
         .route("/search", get(search))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
 }
 
 // ---- errors ----
@@ -129,7 +131,9 @@ impl From<web::PageError> for ApiError {
             web::PageError::TooLarge => {
                 Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "body too large")
             }
-            web::PageError::BadRequest(why) => Self::new(StatusCode::BAD_REQUEST, "bad_request", why),
+            web::PageError::BadRequest(why) => {
+                Self::new(StatusCode::BAD_REQUEST, "bad_request", why)
+            }
             web::PageError::Internal(err) => {
                 tracing::error!(error = %err, "API request failed");
                 Self::new(
@@ -210,7 +214,11 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Posted<T> {
                     ApiError::new(StatusCode::BAD_REQUEST, "bad_idempotency_key", "not ASCII")
                 })?;
                 idempotency::validate_key(key).map_err(|e| {
-                    ApiError::new(StatusCode::BAD_REQUEST, "bad_idempotency_key", e.to_string())
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "bad_idempotency_key",
+                        e.to_string(),
+                    )
                 })?;
                 Some(key.to_owned())
             }
@@ -394,7 +402,12 @@ pub async fn create_token(
         .await
         .map_err(|e| ApiError::invalid(vec![account_problem(&e)]))?;
     let response = posted
-        .answer(&mut tx, &scope, StatusCode::CREATED, json!({"id": id, "token": token}))
+        .answer(
+            &mut tx,
+            &scope,
+            StatusCode::CREATED,
+            json!({"id": id, "token": token}),
+        )
         .await?;
     tx.commit().await?;
     Ok(response)
@@ -442,7 +455,10 @@ impl SubscriptionBody {
 
 #[utoipa::path(get, path = "/api/v1/subscriptions", tag = "subscriptions", security(("bearer" = [])),
     responses((status = 200, description = "the caller's subscriptions")))]
-pub async fn list_subscriptions(State(state): State<AppState>, ApiUser(user): ApiUser) -> ApiResult {
+pub async fn list_subscriptions(
+    State(state): State<AppState>,
+    ApiUser(user): ApiUser,
+) -> ApiResult {
     Ok(Json(json!({ "subscriptions": store::list(&state.pool, user.id).await? })).into_response())
 }
 
@@ -579,12 +595,23 @@ pub async fn feed(
 ) -> ApiResult {
     let cursor: Option<FeedCursor> = match query.after.as_deref() {
         Some(token) => Some(state.signer.verify("feed-cursor", token).ok_or_else(|| {
-            ApiError::new(StatusCode::BAD_REQUEST, "bad_cursor", "use `next` from a previous page")
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_cursor",
+                "use `next` from a previous page",
+            )
         })?),
         None => None,
     };
     let limit = query.limit.unwrap_or(25).clamp(1, 100);
-    let items = ledger::feed(&state.pool, user.id, query.subscription, cursor.as_ref(), limit).await?;
+    let items = ledger::feed(
+        &state.pool,
+        user.id,
+        query.subscription,
+        cursor.as_ref(),
+        limit,
+    )
+    .await?;
     let next = (items.len() as i64 == limit)
         .then(|| items.last())
         .flatten()
@@ -729,7 +756,9 @@ pub async fn create_channel(
     let created = channel::create(&mut tx, user.id, &spec).await?;
     let mut body = to_value(&created);
     body["secret"] = json!(created.secret);
-    let response = posted.answer(&mut tx, &scope, StatusCode::CREATED, body).await?;
+    let response = posted
+        .answer(&mut tx, &scope, StatusCode::CREATED, body)
+        .await?;
     tx.commit().await?;
     Ok(response)
 }

@@ -49,13 +49,16 @@ async fn main() -> anyhow::Result<()> {
             let shutdown = ops::shutdown_on_signal();
             let metrics = ops::init_metrics()?;
             let state = api::AppState::connect(&config).await?;
-            let checks = vec![(
-                "postgres",
-                ops::check_with(state.pool.clone(), catalog::ping),
-            ), (
-                "redis",
-                ops::check_with(state.client.clone(), streams::StreamsClient::ping),
-            )];
+            let checks = vec![
+                (
+                    "postgres",
+                    ops::check_with(state.pool.clone(), catalog::ping),
+                ),
+                (
+                    "redis",
+                    ops::check_with(state.client.clone(), streams::StreamsClient::ping),
+                ),
+            ];
             ops::serve(config.ops_addr, metrics, checks, shutdown.clone()).await?;
             api::serve(state, config.listen, shutdown, |_| {}).await?;
         }
@@ -68,12 +71,17 @@ async fn main() -> anyhow::Result<()> {
             let password = std::env::var(&password_env)
                 .with_context(|| format!("set {password_env} to the password"))?;
             let state = api::AppState::connect(&config).await?;
-            let new_user = accounts::NewUser::parse(&email, &password, "UTC").map_err(|errors| {
-                anyhow::anyhow!(
-                    "{}",
-                    errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
-                )
-            })?;
+            let new_user =
+                accounts::NewUser::parse(&email, &password, "UTC").map_err(|errors| {
+                    anyhow::anyhow!(
+                        "{}",
+                        errors
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    )
+                })?;
             let role = if admin {
                 accounts::Role::Admin
             } else {

@@ -131,9 +131,8 @@ impl AppState {
         {
             return Ok(cards.clone());
         }
-        let cards = Arc::new(
-            catalog::reading::recent(&self.pool, self.preview_days, RECENT_LIMIT).await?,
-        );
+        let cards =
+            Arc::new(catalog::reading::recent(&self.pool, self.preview_days, RECENT_LIMIT).await?);
         if let Ok(mut guard) = self.recent.write() {
             *guard = Some((Instant::now(), cards.clone()));
         }

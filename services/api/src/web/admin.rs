@@ -214,11 +214,15 @@ pub async fn find(
                 .search(&layout, field, &q, FIND_SCAN)
                 .await?
             {
-                let view = EntryView::new(&layout.config.name, found.partition, found.log, &found.entry);
-                if !entries
-                    .iter()
-                    .any(|e: &EntryView| e.topic == view.topic && e.entry_id == view.entry_id && e.dead == view.dead)
-                {
+                let view = EntryView::new(
+                    &layout.config.name,
+                    found.partition,
+                    found.log,
+                    &found.entry,
+                );
+                if !entries.iter().any(|e: &EntryView| {
+                    e.topic == view.topic && e.entry_id == view.entry_id && e.dead == view.dead
+                }) {
                     entries.push(view);
                 }
             }
@@ -285,7 +289,8 @@ pub async fn replay(
         None => Selection::All,
     };
     let actor = format!("admin:{}", admin.user.email);
-    let report = redrive::redrive(&state.client, &layout, form.partition, selection, &actor).await?;
+    let report =
+        redrive::redrive(&state.client, &layout, form.partition, selection, &actor).await?;
     tracing::info!(topic = %form.topic, partition = form.partition, replayed = report.replayed, %actor, "dead letters replayed");
     let mut message = format!(
         "Replayed {} dead letter(s) of {} / partition {}.",

@@ -18,7 +18,9 @@ use axum_extra::extract::{
 use governor::clock::{Clock, DefaultClock};
 use serde::Deserialize;
 
-use super::{Chrome, DRAFT, MaybeViewer, PageError, PageResult, SESSION_COOKIE, local_path, see_other};
+use super::{
+    Chrome, DRAFT, MaybeViewer, PageError, PageResult, SESSION_COOKIE, local_path, see_other,
+};
 use crate::AppState;
 
 #[derive(Debug, Template, WebTemplate)]
@@ -269,4 +271,3 @@ pub async fn logout(State(state): State<AppState>, jar: SignedCookieJar) -> Page
     let jar = jar.remove(Cookie::build(SESSION_COOKIE).path("/"));
     Ok((jar, see_other("/")).into_response())
 }
-

@@ -45,7 +45,10 @@ pub fn routes() -> Router<AppState> {
         .route("/subscriptions/new", get(subscription_pages::new_form))
         .route("/subscriptions/preview", get(subscription_pages::preview))
         .route("/subscriptions/{id}", post(subscription_pages::update))
-        .route("/subscriptions/{id}/edit", get(subscription_pages::edit_form))
+        .route(
+            "/subscriptions/{id}/edit",
+            get(subscription_pages::edit_form),
+        )
         .route(
             "/subscriptions/{id}/{action}",
             post(subscription_pages::act),
@@ -53,7 +56,10 @@ pub fn routes() -> Router<AppState> {
         .route("/settings", get(settings::page))
         .route("/settings/profile", post(settings::profile))
         .route("/settings/channels", post(settings::add_channel))
-        .route("/settings/channels/{id}/{action}", post(settings::channel_action))
+        .route(
+            "/settings/channels/{id}/{action}",
+            post(settings::channel_action),
+        )
         .route("/settings/tokens", post(settings::create_token))
         .route("/settings/tokens/{id}/revoke", post(settings::revoke_token))
         .route(
@@ -344,9 +350,7 @@ fn login_instead(parts: &Parts, state: &AppState) -> Response {
     );
     let page = auth::LoginPage {
         chrome: Chrome::for_parts(parts, None),
-        message: Some(
-            "Your session has ended. Log in again; what you entered is kept.".into(),
-        ),
+        message: Some("Your session has ended. Log in again; what you entered is kept.".into()),
         error: None,
         email: String::new(),
         next: form_page_for(parts.uri.path()),
@@ -396,7 +400,12 @@ mod tests {
     #[test]
     fn next_stays_on_this_site() {
         assert_eq!(local_path("/feed?x=1"), Some("/feed?x=1"));
-        for bad in ["https://evil.example", "//evil.example", "/\\evil.example", ""] {
+        for bad in [
+            "https://evil.example",
+            "//evil.example",
+            "/\\evil.example",
+            "",
+        ] {
             assert_eq!(local_path(bad), None, "{bad}");
         }
     }

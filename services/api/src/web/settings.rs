@@ -80,7 +80,10 @@ pub async fn profile(
         .ok()
         .filter(|h| (0..24).contains(h));
     if hour.is_none() {
-        errors.push(FieldMessage::new("digest_hour", "Choose an hour from 0 to 23."));
+        errors.push(FieldMessage::new(
+            "digest_hour",
+            "Choose an hour from 0 to 23.",
+        ));
     }
     match (zone, hour) {
         (Some(zone), Some(hour)) if errors.is_empty() => {

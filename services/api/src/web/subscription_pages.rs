@@ -109,7 +109,10 @@ pub async fn new_form(
     Ok(FormPage {
         chrome,
         id: None,
-        form: draft.as_ref().map(SubscriptionForm::from_draft).unwrap_or_default(),
+        form: draft
+            .as_ref()
+            .map(SubscriptionForm::from_draft)
+            .unwrap_or_default(),
         errors: Vec::new(),
     }
     .into_response())
@@ -124,9 +127,10 @@ pub async fn edit_form(
     let stored = store::get(&state.pool, viewer.user.id, id)
         .await?
         .ok_or(PageError::NotFound)?;
-    let form = query
-        .draft(&state)
-        .map_or_else(|| SubscriptionForm::from_stored(&stored), |d| SubscriptionForm::from_draft(&d));
+    let form = query.draft(&state).map_or_else(
+        || SubscriptionForm::from_stored(&stored),
+        |d| SubscriptionForm::from_draft(&d),
+    );
     Ok(FormPage {
         chrome: viewer.chrome,
         id: Some(id),
@@ -136,7 +140,12 @@ pub async fn edit_form(
     .into_response())
 }
 
-fn invalid(chrome: Chrome, id: Option<i64>, form: SubscriptionForm, errors: &[FieldError]) -> PageResult {
+fn invalid(
+    chrome: Chrome,
+    id: Option<i64>,
+    form: SubscriptionForm,
+    errors: &[FieldError],
+) -> PageResult {
     Ok((
         StatusCode::UNPROCESSABLE_ENTITY,
         FormPage {
@@ -168,7 +177,10 @@ pub async fn create(
             viewer.chrome,
             None,
             form,
-            &[FieldError::new("subscription", store::Error::TooMany.to_string())],
+            &[FieldError::new(
+                "subscription",
+                store::Error::TooMany.to_string(),
+            )],
         ),
         Err(err) => Err(err.into()),
     }
@@ -199,8 +211,12 @@ pub async fn act(
     let mut conn = state.pool.acquire().await?;
     let user = viewer.user.id;
     let found = match action.as_str() {
-        "pause" => store::set_paused(&mut conn, user, id, true).await?.is_some(),
-        "resume" => store::set_paused(&mut conn, user, id, false).await?.is_some(),
+        "pause" => store::set_paused(&mut conn, user, id, true)
+            .await?
+            .is_some(),
+        "resume" => store::set_paused(&mut conn, user, id, false)
+            .await?
+            .is_some(),
         "delete" => store::delete(&mut conn, user, id).await?,
         _ => return Err(PageError::NotFound),
     };
