@@ -329,7 +329,9 @@ async fn every_channel_gets_each_paper_once() {
 async fn a_mail_outage_delays_mail_and_a_refused_address_is_dead_lettered() {
     let w = world().await;
     let ada = w.person("ada@example.org", &[]).await;
-    let bob = w.person("bob@example.org", &[]).await;
+    let bob = w
+        .person("bob@example.org", &[("slack", w.hooks.slack_url("gone"))])
+        .await;
     w.smtp.set(SmtpBehaviour {
         temporary_failure: true,
         ..SmtpBehaviour::default()
@@ -388,6 +390,18 @@ async fn a_mail_outage_delays_mail_and_a_refused_address_is_dead_lettered() {
         "{:?}",
         bobs.disabled_reason
     );
+    // A Slack webhook that was deleted (404 `no_service`) is refused for
+    // good too.
+    eventually(
+        "the 404 in the Slack DLQ",
+        Duration::from_secs(20),
+        || async { !w.dead_letters(w.topics.slack.layout()).await.is_empty() },
+    )
+    .await;
+    let dead_hooks = w.dead_letters(w.topics.slack.layout()).await;
+    let error = dead_hooks[0].field_str("dlq.error").unwrap_or_default();
+    assert!(error.contains("404"), "{error}");
+    assert!(!w.channel(bob, Kind::Slack).await.enabled);
     // Bob's other papers are not tried once the channel is off, and Ada's
     // channel is untouched.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -538,4 +552,81 @@ async fn killing_the_notifier_mid_delivery_still_delivers_each_once() {
         3 * expected,
         "the ledger agrees with the sinks (mail, webhook and inbox)"
     );
+}
+
+#[tokio::test]
+async fn a_daily_channel_gets_one_digest_at_the_local_hour() {
+    let mut w = world().await;
+    let ada = w.person("ada@example.org", &[]).await;
+    let email = w.channel(ada, Kind::Email).await;
+    let mut conn = w.db.pool.acquire().await.expect("connection");
+    channel::set_frequency(
+        &mut conn,
+        ada,
+        email.id,
+        delivery::channel::Frequency::Daily,
+    )
+    .await
+    .expect("daily");
+    // Ada's hour has come (0 is always past) in her time zone.
+    sqlx::query("UPDATE users SET digest_hour = 0, time_zone = 'Asia/Tokyo' WHERE id = $1")
+        .bind(ada)
+        .execute(&w.db.pool)
+        .await
+        .expect("profile");
+
+    // The papers arrive while no digest scheduler runs, and wait.
+    w.config.roles = ["matcher", "router", "email"].map(String::from).to_vec();
+    let (shutdown, running) = w.start();
+    let papers = w.papers(3).await;
+    w.announce(&papers, "first").await;
+    eventually(
+        "three queued deliveries",
+        Duration::from_secs(20),
+        || async {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM deliveries WHERE channel_id = $1 AND state = 'queued'",
+            )
+            .bind(email.id)
+            .fetch_one(&w.db.pool)
+            .await
+            .is_ok_and(|n| n == 3)
+        },
+    )
+    .await;
+    assert!(w.smtp.mails().is_empty(), "nothing is mailed at once");
+    stop(shutdown, running).await;
+
+    // Two notifiers with schedulers: one digest, with all three papers.
+    w.config.roles = notifier::config::ALL_ROLES.map(String::from).to_vec();
+    w.config.digest_interval_s = 1;
+    let (first, first_running) = w.start();
+    let (second, second_running) = w.start();
+    let mails = w.smtp.wait_for(1, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(w.smtp.mails().len(), 1, "one digest");
+    let subject = mails[0].subject.clone().unwrap_or_default();
+    assert!(
+        subject.starts_with("[paperstream] 3 new papers, "),
+        "{subject}"
+    );
+    let text = mails[0].text_body.clone().unwrap_or_default();
+    for n in 0..3 {
+        assert!(text.contains(&format!("Paper number {n}")), "{text}");
+    }
+    let local_date: time::Date = sqlx::query_scalar(
+        "SELECT local_date FROM digests WHERE channel_id = $1 AND state = 'sent'",
+    )
+    .bind(email.id)
+    .fetch_one(&w.db.pool)
+    .await
+    .expect("a sent digest");
+    let tokyo_today: time::Date =
+        sqlx::query_scalar("SELECT (now() AT TIME ZONE 'Asia/Tokyo')::date")
+            .fetch_one(&w.db.pool)
+            .await
+            .expect("date");
+    assert_eq!(local_date, tokyo_today, "dated by Ada's own calendar");
+    stop(first, first_running).await;
+    stop(second, second_running).await;
 }
