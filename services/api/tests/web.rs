@@ -478,3 +478,170 @@ async fn unsubscribing_from_an_email_link() {
         "a token signed for another purpose does not unsubscribe"
     );
 }
+
+#[tokio::test]
+async fn admins_find_a_papers_messages_and_replay_its_dead_letter() {
+    use streams::{
+        Consumer, ConsumerConfig, Failure, Inspector, Message, Outgoing, Producer, ProducerConfig,
+    };
+
+    let app = start().await;
+    let topic = app.state.topics.summarized.clone();
+    let event = events::PaperSummarized {
+        arxiv_id: "2611.04242".into(),
+        version: 1,
+        prompt_version: 1,
+        provider: "ollama".into(),
+        extractive: false,
+    };
+    Producer::new(app.state.client.clone(), ProducerConfig::default())
+        .send_batch(&topic, [Outgoing::new(&event.arxiv_id, &event)])
+        .await
+        .expect("encode")[0]
+        .as_ref()
+        .expect("sent");
+    // A consumer that refuses it: it lands in the DLQ.
+    let refusing = tokio_util::sync::CancellationToken::new();
+    let consumer = Consumer::new(
+        app.state.client.clone(),
+        &topic,
+        ConsumerConfig::new("matcher"),
+        streams::per_message(|_: Message<events::PaperSummarized>| async {
+            Err(Failure::Reject("a poison <payload>".into()))
+        }),
+    );
+    let running = tokio::spawn(consumer.run(refusing.clone()));
+    let inspector = Inspector::new(app.state.client.clone());
+    let partition = topic.partition_for("2611.04242");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while inspector
+        .partition(topic.layout(), partition)
+        .await
+        .expect("inspect")
+        .dlq_length
+        == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "dead-lettered in time"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    refusing.cancel();
+    running.await.expect("join").expect("consumer");
+
+    let mut admin = app.browser();
+    admin.sign_up("root@example.org", PASSWORD).await;
+    app.promote("root@example.org").await;
+    let found = admin.get("/admin/find?q=2611.04242").await;
+    assert_eq!(found.status, StatusCode::OK);
+    assert!(
+        found.body.contains("<td>2611.04242</td>"),
+        "keyed by the paper"
+    );
+    assert!(
+        found.body.contains("DLQ"),
+        "the dead letter is found: {}",
+        found.body
+    );
+    assert!(
+        found.body.contains("a poison &#60;payload&#62;"),
+        "with its reason, escaped"
+    );
+    let dlq = admin.get("/admin/dlq").await;
+    assert!(dlq.body.contains(topic.name()), "{}", dlq.body);
+
+    let csrf = admin.csrf().await;
+    let entry = support::field_value(&found.body, "entry").expect("a replay form");
+    let replayed = admin
+        .post(
+            "/admin/dlq/replay",
+            &[
+                ("csrf", &csrf),
+                ("topic", topic.name()),
+                ("partition", &partition.to_string()),
+                ("entry", &entry),
+            ],
+        )
+        .await;
+    assert_eq!(replayed.status, StatusCode::OK);
+    assert!(
+        replayed.body.contains("Replayed 1 dead letter"),
+        "{}",
+        replayed.body
+    );
+    let report = inspector
+        .partition(topic.layout(), partition)
+        .await
+        .expect("inspect");
+    assert_eq!(report.dlq_length, 0);
+    assert_eq!(report.length, 2, "the original and its replay");
+}
+
+#[tokio::test]
+async fn each_subscription_has_an_atom_feed() {
+    let app = start().await;
+    let mut browser = app.browser();
+    browser.sign_up("ada@example.org", PASSWORD).await;
+    let csrf = browser.csrf().await;
+    browser
+        .post(
+            "/subscriptions",
+            &[
+                ("csrf", &csrf),
+                ("name", "Crypto & <friends>"),
+                ("categories", "cs.CR"),
+            ],
+        )
+        .await;
+    let user = app.user_id("ada@example.org").await;
+    let id: i64 = sqlx::query_scalar("SELECT id FROM subscriptions")
+        .fetch_one(&app.db.pool)
+        .await
+        .expect("id");
+    sqlx::query(
+        "INSERT INTO papers (arxiv_id, version, title, abstract, authors, categories, \
+                             primary_category, abs_url) \
+         VALUES ('2611.01234', 1, 'Ciphers & <codes>', 'Abstract.', \
+                 '[{\"name\": \"Alice\", \"affiliations\": []}]', '{cs.CR}', 'cs.CR', \
+                 'https://arxiv.org/abs/2611.01234')",
+    )
+    .execute(&app.db.pool)
+    .await
+    .expect("paper");
+    sqlx::query(
+        "INSERT INTO matches (user_id, arxiv_id, version, subscription_ids) VALUES ($1, '2611.01234', 1, $2)",
+    )
+    .bind(user)
+    .bind(vec![id])
+    .execute(&app.db.pool)
+    .await
+    .expect("match");
+
+    let page = browser.get(&format!("/feed?subscription={id}")).await;
+    let marker = "/feeds/";
+    let start = page.body.find(marker).expect("an Atom link") + marker.len();
+    let token = &page.body[start..start + page.body[start..].find(".atom").expect("suffix")];
+    // Feed readers have no session: the signed URL is the permission.
+    let atom = reqwest::get(app.url(&format!("/feeds/{token}.atom")))
+        .await
+        .expect("atom");
+    assert_eq!(atom.status(), StatusCode::OK);
+    assert!(
+        atom.headers()["content-type"]
+            .to_str()
+            .unwrap_or_default()
+            .starts_with("application/atom+xml")
+    );
+    let xml = atom.text().await.expect("xml");
+    assert!(
+        xml.contains("<title>Ciphers &#38; &#60;codes&#62;</title>"),
+        "{xml}"
+    );
+    assert!(xml.contains("<name>Alice</name>"));
+    assert!(xml.contains("paperstream: Crypto &#38; &#60;friends&#62;"));
+    let tampered = reqwest::get(app.url(&format!("/feeds/{}x.atom", token)))
+        .await
+        .expect("atom");
+    assert_eq!(tampered.status(), StatusCode::NOT_FOUND);
+}
