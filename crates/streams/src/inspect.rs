@@ -131,6 +131,16 @@ impl Inspector {
     }
 
     pub async fn topic(&self, layout: &TopicLayout) -> Result<TopicReport> {
+        Ok(TopicReport {
+            topic: layout.config.name.clone(),
+            partitions: self.partitions(layout).await?,
+            nodes: self.node_memory().await?,
+        })
+    }
+
+    /// Every partition's report, without the nodes' memory (which
+    /// [`Self::node_memory`] gives once for all topics).
+    pub async fn partitions(&self, layout: &TopicLayout) -> Result<Vec<PartitionReport>> {
         let placement = self.client.placement(layout).await?;
         let partitions = try_join_all(layout.partitions.iter().map(|keys| {
             let master = placement
@@ -142,11 +152,7 @@ impl Inspector {
             self.partition_report(layout, keys, master)
         }))
         .await?;
-        Ok(TopicReport {
-            topic: layout.config.name.clone(),
-            partitions,
-            nodes: self.node_memory().await?,
-        })
+        Ok(partitions)
     }
 
     pub async fn partition(&self, layout: &TopicLayout, partition: u16) -> Result<PartitionReport> {

@@ -1,0 +1,36 @@
+//! Configuration: defaults, then an optional TOML file, then the
+//! environment (`PAPERSTREAM_*`).
+
+use std::{net::SocketAddr, path::Path};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Config {
+    #[serde(deserialize_with = "ops::config::list")]
+    pub redis_urls: Vec<String>,
+    /// Prepended to topic names; empty in production.
+    pub topic_prefix: String,
+    /// Seconds between passes over every topic. Prometheus scrapes the
+    /// last pass; scraping more often than this only repeats it.
+    pub interval_s: u64,
+    /// `/metrics` and health.
+    pub ops_addr: SocketAddr,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            redis_urls: vec!["redis://127.0.0.1:7101".into()],
+            topic_prefix: String::new(),
+            interval_s: 15,
+            ops_addr: ([127, 0, 0, 1], 9105).into(),
+        }
+    }
+}
+
+impl Config {
+    pub fn load(file: Option<&Path>) -> Result<Self, Box<ops::config::Error>> {
+        ops::config::load(Config::default(), file, &[])
+    }
+}
