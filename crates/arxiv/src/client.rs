@@ -127,6 +127,9 @@ pub struct Client<P> {
 
 impl<P: Pacer> Client<P> {
     pub fn new(config: ClientConfig, pacer: P) -> Result<Self, ClientError> {
+        for interface in ["query", "oai", "rss"] {
+            metrics::counter!("crawler_rate_limited_total", "interface" => interface).increment(0);
+        }
         let http = reqwest::Client::builder()
             .user_agent(&config.user_agent)
             .timeout(config.request_timeout)

@@ -57,6 +57,10 @@ pub struct Chain {
 
 impl Chain {
     pub fn new(providers: Vec<Provider>) -> Self {
+        for pair in providers.windows(2) {
+            metrics::counter!("llm_fallbacks_total", "from" => pair[0].name(), "to" => pair[1].name())
+                .increment(0);
+        }
         Self { providers }
     }
 

@@ -121,6 +121,9 @@ pub(crate) struct PartitionMetrics {
     pub owned: Gauge,
 }
 
+/// Every reason an entry is dead-lettered for.
+pub const DLQ_REASONS: &[&str] = &["rejected", "max_attempts", "unknown_schema", "decode_error"];
+
 impl PartitionMetrics {
     pub fn new(topic: &str, group: &str, partition: u16) -> Self {
         let labels = [
@@ -129,6 +132,14 @@ impl PartitionMetrics {
             ("partition", partition.to_string()),
         ];
         let stream_labels = [labels[0].clone(), labels[2].clone()];
+        // Series that may stay at zero exist from the start, so that rates
+        // and alerts over them have something to read.
+        for reason in DLQ_REASONS {
+            let mut with_reason = labels.to_vec();
+            with_reason.push(("reason", (*reason).to_owned()));
+            counter!("streams_dead_lettered_total", &with_reason).increment(0);
+        }
+        counter!("streams_backpressure_rejected_total", &stream_labels).increment(0);
         Self {
             delivered: counter!("streams_delivered_total", &labels),
             acked: counter!("streams_acked_total", &labels),

@@ -58,6 +58,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Every route, with the middleware that applies to all of them.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.max_body_bytes;
+    for why in ["csrf", "admin"] {
+        metrics::counter!("http_forbidden_total", "why" => why).increment(0);
+    }
     Router::new()
         .merge(web::routes())
         .nest("/api/v1", json::routes())

@@ -145,6 +145,7 @@ async fn page(browser: &Client, url: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_reader_signs_up_subscribes_reads_and_unsubscribes() {
     test_support::init_tracing();
+    let metrics = ops::init_metrics().expect("a Prometheus recorder");
     let db = TestDatabase::create().await.expect("database");
     let redis_urls = test_support::shared_redis_urls();
     let prefix = format!("{}.", test_support::unique_name("e2e"));
@@ -252,11 +253,18 @@ async fn a_reader_signs_up_subscribes_reads_and_unsubscribes() {
     .await;
     fill(&browser, "query", "").await;
     submit(&browser, "#subscription-form").await;
-    let list = arrive(&browser, "/subscriptions").await;
-    assert!(
-        list.contains("Learning") && list.contains("Active"),
-        "{list}"
-    );
+    // The refused form was at /subscriptions too: wait for the list itself.
+    eventually("the subscription listed", Duration::from_secs(10), || {
+        let browser = browser.clone();
+        async move {
+            let html = browser.source().await.ok()?;
+            (html.contains("<h1>Subscriptions</h1>")
+                && html.contains("Learning")
+                && html.contains("Active"))
+            .then_some(())
+        }
+    })
+    .await;
 
     // 3. The crawler brings papers; they reach the feed and the inbox
     //    with their summaries.
@@ -416,5 +424,152 @@ async fn a_reader_signs_up_subscribes_reads_and_unsubscribes() {
         settled,
         "no mail after unsubscribing"
     );
-    browser.close().await.expect("close");
+    browser.close().await.expect("close"); // Every metric a dashboard or an alert rule uses is exported by the
+    // services that just ran (all in this process, so one page has them).
+    let client =
+        StreamsClient::connect(streams::ClientConfig::new(test_support::shared_redis_urls()))
+            .await
+            .expect("redis");
+    exporter::export_once(&streams::Inspector::new(client), &topics.all_layouts())
+        .await
+        .expect("export");
+    let exported = exported_names(&metrics.render());
+    let mut missing: Vec<String> = used_metric_names()
+        .into_iter()
+        .filter(|name| name != "up" && !exported.contains(name))
+        .collect();
+    missing.sort();
+    assert!(missing.is_empty(), "used but never exported: {missing:?}");
+}
+
+/// Metric names on a Prometheus text page (histograms by their base name).
+fn exported_names(page: &str) -> std::collections::HashSet<String> {
+    page.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.split(['{', ' ']).next())
+        .map(|name| {
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(name)
+                .to_owned()
+        })
+        .collect()
+}
+
+/// The metric names in every PromQL expression of the Grafana dashboards
+/// and the Prometheus alert rules.
+fn used_metric_names() -> std::collections::BTreeSet<String> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut exprs = Vec::new();
+    let dashboards = std::fs::read_dir(root.join("grafana/dashboards")).expect("dashboards");
+    for entry in dashboards {
+        let path = entry.expect("entry").path();
+        let text = std::fs::read_to_string(&path).expect("dashboard");
+        let board: serde_json::Value = serde_json::from_str(&text).expect("dashboard JSON");
+        for panel in board["panels"].as_array().expect("panels") {
+            for target in panel["targets"].as_array().expect("targets") {
+                exprs.push(target["expr"].as_str().expect("expr").to_owned());
+            }
+        }
+    }
+    let rules = std::fs::read_to_string(root.join("infra/prometheus/alerts.yml")).expect("rules");
+    let mut lines = rules.lines();
+    while let Some(line) = lines.next() {
+        if let Some(expr) = line.trim().strip_prefix("expr:") {
+            let expr = expr.trim();
+            if expr == "|" {
+                exprs.push(lines.next().unwrap_or_default().trim().to_owned());
+            } else {
+                exprs.push(expr.to_owned());
+            }
+        }
+    }
+    assert!(exprs.len() > 40, "found the expressions ({})", exprs.len());
+    exprs
+        .iter()
+        .flat_map(|e| metric_names(e))
+        .map(|name| {
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .map_or(name.clone(), str::to_owned)
+        })
+        .collect()
+}
+
+/// Metric names in one PromQL expression: identifiers outside label
+/// matchers, strings, ranges and grouping lists that are neither
+/// functions, keywords nor duration units.
+fn metric_names(expr: &str) -> Vec<String> {
+    const KEYWORDS: [&str; 20] = [
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "and",
+        "or",
+        "unless",
+        "offset",
+        "bool",
+        "le",
+        "sum",
+        "min",
+        "max",
+        "avg",
+        "count",
+        "group",
+        "stddev",
+        "stdvar",
+        "topk",
+        "bottomk",
+    ];
+    let chars: Vec<char> = expr.chars().collect();
+    let mut out = Vec::new();
+    let mut braces = 0;
+    let mut grouping = false;
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        match c {
+            '{' => braces += 1,
+            '}' => braces -= 1,
+            '"' => {
+                i += 1;
+                while i < chars.len() && chars[i] != '"' {
+                    i += 1;
+                }
+            }
+            '[' => {
+                while i < chars.len() && chars[i] != ']' {
+                    i += 1;
+                }
+            }
+            ')' => grouping = false,
+            c if c.is_ascii_alphabetic() || c == '_' => {
+                let start = i;
+                while i + 1 < chars.len()
+                    && (chars[i + 1].is_ascii_alphanumeric() || matches!(chars[i + 1], '_' | ':'))
+                {
+                    i += 1;
+                }
+                let word: String = chars[start..=i].iter().collect();
+                let next = chars[i + 1..].iter().find(|c| !c.is_whitespace());
+                let after_digit = start > 0 && chars[start - 1].is_ascii_digit();
+                if word == "by" || word == "without" {
+                    grouping = true;
+                } else if !grouping
+                    && braces == 0
+                    && next != Some(&'(')
+                    && !after_digit
+                    && !KEYWORDS.contains(&word.as_str())
+                {
+                    out.push(word);
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    out
 }

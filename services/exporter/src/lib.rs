@@ -97,6 +97,7 @@ pub async fn export_once(
     inspector: &Inspector,
     layouts: &[std::sync::Arc<TopicLayout>],
 ) -> Result<()> {
+    let started = Instant::now();
     for layout in layouts {
         for partition in inspector.partitions(layout).await? {
             publish_partition(&layout.config.name, &partition);
@@ -105,6 +106,8 @@ pub async fn export_once(
     for node in inspector.node_memory().await? {
         publish_node(&node);
     }
+    gauge!("exporter_last_success_timestamp_seconds").set(unix_now());
+    gauge!("exporter_pass_seconds").set(started.elapsed().as_secs_f64());
     Ok(())
 }
 
@@ -163,16 +166,9 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<()> {
             () = shutdown.cancelled() => return Ok(()),
             _ = tick.tick() => {}
         }
-        let started = Instant::now();
-        match export_once(&inspector, &layouts).await {
-            Ok(()) => {
-                gauge!("exporter_last_success_timestamp_seconds").set(unix_now());
-                gauge!("exporter_pass_seconds").set(started.elapsed().as_secs_f64());
-            }
-            Err(err) => {
-                metrics::counter!("exporter_failures_total").increment(1);
-                tracing::warn!(%err, "reading the streams failed; will retry");
-            }
+        if let Err(err) = export_once(&inspector, &layouts).await {
+            metrics::counter!("exporter_failures_total").increment(1);
+            tracing::warn!(%err, "reading the streams failed; will retry");
         }
     }
 }

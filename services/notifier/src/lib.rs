@@ -206,6 +206,9 @@ impl Service {
             if !config.runs(kind.as_str()) {
                 continue;
             }
+            // Series that may stay at zero exist from the start, for rates.
+            metrics::counter!("deliveries_resumed_total", "channel" => kind.as_str()).increment(0);
+            metrics::counter!("digests_opened_total", "channel" => kind.as_str()).increment(0);
             let Some(topic) = router::topic_for(&self.topics, kind) else {
                 continue;
             };

@@ -110,6 +110,8 @@ pub struct Summarize {
 
 impl Summarize {
     pub fn new(pool: PgPool, chain: Chain, topic: streams::Topic<PaperSummarized>) -> Self {
+        metrics::counter!("summarizer_skipped_total", "reason" => "already_summarized")
+            .increment(0);
         Self {
             pool,
             chain: Arc::new(chain),
