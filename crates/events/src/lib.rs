@@ -171,12 +171,21 @@ impl Topics {
         })
     }
 
-    /// Every topic's layout, for the outbox relay: whichever instance holds
-    /// the relay lock publishes rows of every topic.
+    /// Every topic's layout, for inspection and monitoring.
     pub fn all_layouts(&self) -> Vec<std::sync::Arc<streams::TopicLayout>> {
         vec![
             self.ingested.layout().clone(),
             self.summarized.layout().clone(),
+            self.notifications.layout().clone(),
+            self.email.layout().clone(),
+            self.webhook.layout().clone(),
+            self.slack.layout().clone(),
+        ]
+    }
+
+    /// The topics the notifier writes: requests and deliveries.
+    pub fn notifier_layouts(&self) -> Vec<std::sync::Arc<streams::TopicLayout>> {
+        vec![
             self.notifications.layout().clone(),
             self.email.layout().clone(),
             self.webhook.layout().clone(),

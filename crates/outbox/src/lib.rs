@@ -15,6 +15,9 @@
 //! * Per key, events are published in the order they were enqueued: one
 //!   relay at a time holds a Postgres advisory lock, works in id order, and
 //!   stops at a partition's first refused message.
+//! * A relay publishes only the topics it was given, and the lock is per
+//!   set of topics: each service relays what it writes, so its Redis user
+//!   needs no rights on other services' topics.
 //! * A full partition ([`streams::Backpressure`]) makes the relay wait the
 //!   hinted time and try again; nothing is dropped.
 
@@ -82,8 +85,9 @@ pub struct RelayConfig {
     pub idle_poll: Duration,
     /// Published rows are deleted after this long.
     pub retain_published: Duration,
-    /// Advisory lock that makes one relay at a time the active one.
-    pub lock_key: i64,
+    /// Namespace of the advisory lock that makes one relay at a time the
+    /// active one for its set of topics.
+    pub lock_namespace: i32,
     /// How long the producer remembers a message id.
     pub idempotency_ttl: Duration,
 }
@@ -94,7 +98,7 @@ impl Default for RelayConfig {
             batch: 1000,
             idle_poll: Duration::from_secs(1),
             retain_published: Duration::from_secs(24 * 3600),
-            lock_key: 0x6f75_7462_6f78,
+            lock_namespace: 0x6f75_7462,
             idempotency_ttl: Duration::from_secs(7 * 24 * 3600),
         }
     }
@@ -115,6 +119,8 @@ pub struct Relay {
     pool: PgPool,
     producer: Producer,
     topics: HashMap<String, Arc<TopicLayout>>,
+    /// The topic names, sorted, for the query and the lock.
+    topic_names: Vec<String>,
     config: RelayConfig,
 }
 
@@ -132,13 +138,17 @@ impl Relay {
                 ..ProducerConfig::default()
             },
         );
+        let topics: HashMap<String, Arc<TopicLayout>> = topics
+            .into_iter()
+            .map(|t| (t.config.name.clone(), t))
+            .collect();
+        let mut topic_names: Vec<String> = topics.keys().cloned().collect();
+        topic_names.sort();
         Self {
             pool,
             producer,
-            topics: topics
-                .into_iter()
-                .map(|t| (t.config.name.clone(), t))
-                .collect(),
+            topics,
+            topic_names,
             config,
         }
     }
@@ -148,8 +158,9 @@ impl Relay {
     pub async fn run(&self, shutdown: CancellationToken) -> Result<()> {
         while !shutdown.is_cancelled() {
             let mut lock = self.pool.acquire().await?;
-            let leader: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                .bind(self.config.lock_key)
+            let leader: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext($2))")
+                .bind(self.config.lock_namespace)
+                .bind(self.topic_names.join(","))
                 .fetch_one(&mut *lock)
                 .await?;
             if !leader {
@@ -162,8 +173,9 @@ impl Relay {
             let outcome = self.lead(&shutdown).await;
             // Returning the connection to the pool with the lock held would
             // keep it locked; unlock, and drop the connection if that fails.
-            let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
-                .bind(self.config.lock_key)
+            let unlocked = sqlx::query("SELECT pg_advisory_unlock($1, hashtext($2))")
+                .bind(self.config.lock_namespace)
+                .bind(self.topic_names.join(","))
                 .execute(&mut *lock)
                 .await;
             if unlocked.is_err() {
@@ -210,9 +222,10 @@ impl Relay {
     pub async fn relay_once(&self) -> Result<Round> {
         let rows = sqlx::query(
             "SELECT id, topic, message_key, message_id, schema_version, payload::text AS payload
-             FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT $1",
+             FROM outbox WHERE published_at IS NULL AND topic = ANY($2) ORDER BY id LIMIT $1",
         )
         .bind(self.config.batch)
+        .bind(&self.topic_names)
         .fetch_all(&self.pool)
         .await?;
         let backlog = rows.len();
@@ -232,7 +245,6 @@ impl Relay {
         let mut round = Round::default();
         for (topic, rows) in &per_topic {
             let Some(layout) = self.topics.get(topic) else {
-                tracing::error!(%topic, count = rows.len(), "outbox rows for a topic this relay does not know");
                 continue;
             };
             let results = self

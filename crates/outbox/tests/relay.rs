@@ -221,10 +221,11 @@ async fn one_relay_at_a_time() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let held: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objid::text::bigint = $1
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2
+           AND classid::text::bigint = $1
            AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
     )
-    .bind(0x7462_6f78_i64)
+    .bind(i64::from(outbox::RelayConfig::default().lock_namespace))
     .fetch_one(&s.db.pool)
     .await
     .expect("locks");
@@ -233,4 +234,53 @@ async fn one_relay_at_a_time() {
     a.await.expect("join").expect("relay a");
     b.await.expect("join").expect("relay b");
     assert_eq!(s.published().await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_relay_publishes_only_its_own_topics_and_they_run_side_by_side() {
+    let s = setup(1000).await;
+    let other = Topic::<Ingested>::new(TopicConfig::new(test_support::unique_name("other"), 2))
+        .expect("topic");
+    let mut tx = s.db.pool.begin().await.expect("begin");
+    let event = Ingested {
+        arxiv_id: "2611.00003".into(),
+        version: 1,
+    };
+    outbox::enqueue(&mut tx, &other, "2611.00003", "2611.00003v1", &event)
+        .await
+        .expect("enqueue");
+    tx.commit().await.expect("commit");
+    s.enqueue(&[("2611.00004", 1)], true).await;
+
+    let ours = s.relay();
+    assert_eq!(ours.relay_once().await.expect("relay").published, 1);
+    assert_eq!(
+        s.unpublished().await,
+        1,
+        "the other topic's row waits for its own relay"
+    );
+
+    let theirs = outbox::Relay::new(
+        s.db.pool.clone(),
+        s.client.clone(),
+        [other.layout().clone()],
+        outbox::RelayConfig::default(),
+    );
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = [ours, theirs].map(|relay| {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move { relay.run(shutdown).await })
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while s.unpublished().await > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the other topic's relay did not lead beside ours"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    shutdown.cancel();
+    for relay in running {
+        relay.await.expect("join").expect("relay");
+    }
 }

@@ -168,7 +168,7 @@ impl Crawler {
         outbox::Relay::new(
             self.pool.clone(),
             self.streams.clone(),
-            self.topics.all_layouts(),
+            [self.topics.ingested.layout().clone()],
             outbox::RelayConfig::default(),
         )
     }

@@ -138,7 +138,7 @@ impl Service {
         let relay = outbox::Relay::new(
             self.pool.clone(),
             self.client.clone(),
-            self.topics.all_layouts(),
+            self.topics.notifier_layouts(),
             outbox::RelayConfig::default(),
         );
         tasks.spawn({

@@ -69,7 +69,8 @@ pub async fn chain(config: &config::LlmSettings, redis_urls: &[String]) -> Resul
                 guard(config.ollama_timeout_s, config.ollama_max_in_flight),
             ))),
             "openai" => {
-                let Some(api_key) = config.openai_api_key.clone() else {
+                let Some(api_key) = config.openai_api_key.clone().filter(|key| !key.is_empty())
+                else {
                     tracing::info!("no OpenAI API key configured; the chain goes without OpenAI");
                     continue;
                 };
@@ -250,7 +251,7 @@ impl Service {
         let relay = outbox::Relay::new(
             self.pool.clone(),
             self.client.clone(),
-            self.topics.all_layouts(),
+            [self.topics.summarized.layout().clone()],
             outbox::RelayConfig::default(),
         );
         let relaying = tokio::spawn({
