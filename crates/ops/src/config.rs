@@ -53,3 +53,65 @@ pub fn list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D
         OneOrMany::Many(list) => list,
     })
 }
+
+/// Every environment variable a service's configuration reads: one
+/// `PAPERSTREAM_*` name per setting of `defaults` (nested keys joined by
+/// `__`), the `aliases`, the configuration file's `PAPERSTREAM_CONFIG` and
+/// the log filter's `RUST_LOG`. Deployment files are checked against it.
+pub fn env_names<T: Serialize>(defaults: &T, aliases: &[(&str, &str)]) -> Vec<String> {
+    fn walk(prefix: &str, value: &serde_json::Value, out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(fields) => {
+                for (key, value) in fields {
+                    walk(&format!("{prefix}{}__", key.to_uppercase()), value, out);
+                }
+            }
+            _ => out.push(prefix.trim_end_matches("__").to_owned()),
+        }
+    }
+    let mut names = vec!["PAPERSTREAM_CONFIG".to_owned(), "RUST_LOG".to_owned()];
+    names.extend(aliases.iter().map(|(variable, _)| (*variable).to_owned()));
+    if let Ok(tree) = serde_json::to_value(defaults) {
+        walk("PAPERSTREAM_", &tree, &mut names);
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Serialize)]
+    struct Settings {
+        database_url: String,
+        token: Option<String>,
+        limits: Limits,
+    }
+
+    #[derive(Serialize)]
+    struct Limits {
+        max_batch: u32,
+    }
+
+    #[test]
+    fn env_names_follow_the_nesting_and_keep_unset_options() {
+        let defaults = Settings {
+            database_url: String::new(),
+            token: None,
+            limits: Limits { max_batch: 1 },
+        };
+        assert_eq!(
+            env_names(&defaults, &[("DATABASE_URL", "database_url")]),
+            [
+                "DATABASE_URL",
+                "PAPERSTREAM_CONFIG",
+                "PAPERSTREAM_DATABASE_URL",
+                "PAPERSTREAM_LIMITS__MAX_BATCH",
+                "PAPERSTREAM_TOKEN",
+                "RUST_LOG",
+            ]
+        );
+    }
+}

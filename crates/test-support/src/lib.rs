@@ -14,7 +14,7 @@ mod postgres;
 mod redis_cluster;
 
 pub use postgres::{PostgresServer, TestDatabase, postgres_admin_url};
-pub use redis_cluster::{RedisCluster, shared_redis_urls};
+pub use redis_cluster::{RedisCluster, redis_cli_for, shared_redis_urls, url_as};
 
 /// A name no other test uses, for topics, groups and databases.
 pub fn unique_name(prefix: &str) -> String {

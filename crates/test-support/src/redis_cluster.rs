@@ -27,15 +27,28 @@ pub fn shared_redis_urls() -> Vec<String> {
 pub struct RedisCluster {
     dir: PathBuf,
     ports: Vec<u16>,
+    /// The default user's password, when the cluster runs with Redis users.
+    admin_password: Option<String>,
 }
 
 impl RedisCluster {
     /// Start six nodes on free ports and join them into a cluster. Tries
     /// again on fresh ports if another process took one meanwhile.
     pub fn start() -> std::io::Result<Self> {
+        Self::start_inner(None)
+    }
+
+    /// Like [`RedisCluster::start`], with the Redis users of `acl` (the
+    /// contents of an `aclfile`) loaded on every node. `admin_password` is
+    /// the default user's, which replicas and these helpers log in with.
+    pub fn start_with_users(acl: &str, admin_password: &str) -> std::io::Result<Self> {
+        Self::start_inner(Some((acl, admin_password)))
+    }
+
+    fn start_inner(users: Option<(&str, &str)>) -> std::io::Result<Self> {
         let mut last_error = None;
         for _ in 0..5 {
-            match Self::try_start() {
+            match Self::try_start(users) {
                 Ok(cluster) => return Ok(cluster),
                 Err(err) => last_error = Some(err),
             }
@@ -43,9 +56,12 @@ impl RedisCluster {
         Err(last_error.unwrap_or_else(|| std::io::Error::other("could not start a cluster")))
     }
 
-    fn try_start() -> std::io::Result<Self> {
+    fn try_start(users: Option<(&str, &str)>) -> std::io::Result<Self> {
         let dir = std::env::temp_dir().join(crate::unique_name("paperstream-redis"));
         std::fs::create_dir_all(&dir)?;
+        if let Some((acl, _)) = users {
+            std::fs::write(dir.join("users.acl"), acl)?;
+        }
         let mut ports: Vec<u16> = Vec::with_capacity(NODES);
         while ports.len() < NODES {
             let port = crate::free_port_pair(BUS_OFFSET);
@@ -58,11 +74,15 @@ impl RedisCluster {
             dir = dir.display()
         );
         crate::spawn_watchdog(&cleanup)?;
-        let cluster = Self { dir, ports };
+        let cluster = Self {
+            dir,
+            ports,
+            admin_password: users.map(|(_, password)| password.to_owned()),
+        };
         for port in &cluster.ports {
             cluster.start_node(*port)?;
         }
-        let mut create = Command::new("redis-cli");
+        let mut create = cluster.redis_cli();
         create.arg("--cluster").arg("create");
         for port in &cluster.ports {
             create.arg(format!("127.0.0.1:{port}"));
@@ -90,17 +110,21 @@ impl RedisCluster {
         let dir = self.node_dir(port);
         std::fs::create_dir_all(&dir)?;
         let conf = dir.join("redis.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "port {port}\nbind 127.0.0.1\ndir {dir}\ncluster-enabled yes\n\
-                 cluster-config-file nodes.conf\ncluster-node-timeout 1000\n\
-                 cluster-require-full-coverage no\nsave \"\"\nappendonly no\n\
-                 maxmemory 256mb\nmaxmemory-policy noeviction\ndaemonize yes\n\
-                 pidfile {dir}/redis.pid\nlogfile {dir}/redis.log\n",
-                dir = dir.display()
-            ),
-        )?;
+        let mut settings = format!(
+            "port {port}\nbind 127.0.0.1\ndir {dir}\ncluster-enabled yes\n\
+             cluster-config-file nodes.conf\ncluster-node-timeout 1000\n\
+             cluster-require-full-coverage no\nsave \"\"\nappendonly no\n\
+             maxmemory 256mb\nmaxmemory-policy noeviction\ndaemonize yes\n\
+             pidfile {dir}/redis.pid\nlogfile {dir}/redis.log\n",
+            dir = dir.display()
+        );
+        if let Some(password) = &self.admin_password {
+            settings.push_str(&format!(
+                "aclfile {}\nmasterauth {password}\n",
+                self.dir.join("users.acl").display()
+            ));
+        }
+        std::fs::write(&conf, settings)?;
         let status = Command::new("redis-server").arg(&conf).status()?;
         if !status.success() {
             return Err(std::io::Error::other(format!(
@@ -108,16 +132,28 @@ impl RedisCluster {
             )));
         }
         wait(Duration::from_secs(10), || {
-            cli(port, &["PING"]).is_some_and(|r| r == "PONG")
+            self.cli(port, &["PING"]).is_some_and(|r| r == "PONG")
         })
         .map_err(|_| std::io::Error::other(format!("redis on port {port} did not answer")))
     }
 
-    /// Seed URLs, one per node.
+    /// Seed URLs, one per node, as the default user.
     pub fn urls(&self) -> Vec<String> {
+        match &self.admin_password {
+            Some(password) => self.urls_as("default", password),
+            None => self
+                .ports
+                .iter()
+                .map(|p| format!("redis://127.0.0.1:{p}"))
+                .collect(),
+        }
+    }
+
+    /// Seed URLs, one per node, as Redis user `user`.
+    pub fn urls_as(&self, user: &str, password: &str) -> Vec<String> {
         self.ports
             .iter()
-            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .map(|p| format!("redis://{user}:{password}@127.0.0.1:{p}"))
             .collect()
     }
 
@@ -128,7 +164,7 @@ impl RedisCluster {
     /// The port of the master currently serving `slot`.
     pub fn master_of_slot(&self, slot: u16) -> Option<u16> {
         self.ports.iter().copied().find_map(|port| {
-            let nodes = cli(port, &["CLUSTER", "NODES"])?;
+            let nodes = self.cli(port, &["CLUSTER", "NODES"])?;
             parse_slot_owner(&nodes, slot)
         })
     }
@@ -165,7 +201,7 @@ impl RedisCluster {
                 .copied()
                 .filter(|p| *p != dead)
                 .find_map(|port| {
-                    let slots = cli(port, &["CLUSTER", "NODES"])?;
+                    let slots = self.cli(port, &["CLUSTER", "NODES"])?;
                     parse_slot_owner(&slots, slot).filter(|owner| *owner != dead)
                 });
             new_master.is_some()
@@ -179,11 +215,13 @@ impl RedisCluster {
     fn wait_until_healthy(&self, timeout: Duration) -> std::io::Result<()> {
         wait(timeout, || {
             self.ports.iter().all(|port| {
-                cli(*port, &["CLUSTER", "INFO"])
+                self.cli(*port, &["CLUSTER", "INFO"])
                     .is_some_and(|info| info.contains("cluster_state:ok"))
-                    && cli(*port, &["INFO", "replication"]).is_some_and(|info| {
-                        info.contains("role:master") || info.contains("master_link_status:up")
-                    })
+                    && self
+                        .cli(*port, &["INFO", "replication"])
+                        .is_some_and(|info| {
+                            info.contains("role:master") || info.contains("master_link_status:up")
+                        })
             })
         })
         .map_err(|_| {
@@ -193,6 +231,30 @@ impl RedisCluster {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// `redis-cli`, logged in as the default user when there are users;
+    /// the password goes through the environment, not the command line.
+    fn redis_cli(&self) -> Command {
+        let mut command = Command::new("redis-cli");
+        command.arg("--no-auth-warning");
+        if let Some(password) = &self.admin_password {
+            command.env("REDISCLI_AUTH", password);
+        }
+        command
+    }
+
+    fn cli(&self, port: u16, args: &[&str]) -> Option<String> {
+        let out = self
+            .redis_cli()
+            .arg("-p")
+            .arg(port.to_string())
+            .args(args)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }
 }
 
@@ -207,16 +269,40 @@ impl Drop for RedisCluster {
     }
 }
 
-fn cli(port: u16, args: &[&str]) -> Option<String> {
-    let out = Command::new("redis-cli")
-        .arg("-p")
-        .arg(port.to_string())
-        .args(args)
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+/// The parts of a `redis://[user:password@]host:port` URL.
+fn url_parts(url: &str) -> (Option<(&str, &str)>, &str) {
+    let rest = url.strip_prefix("redis://").unwrap_or(url);
+    match rest.rsplit_once('@') {
+        Some((credentials, address)) => (
+            Some(
+                credentials
+                    .split_once(':')
+                    .unwrap_or(("default", credentials)),
+            ),
+            address,
+        ),
+        None => (None, rest),
+    }
+}
+
+/// `redis-cli` for the node of a seed URL, logged in as the URL's user
+/// (the password goes through the environment, not the command line).
+pub fn redis_cli_for(url: &str) -> Command {
+    let (credentials, address) = url_parts(url);
+    let (host, port) = address.rsplit_once(':').unwrap_or((address, "6379"));
+    let mut command = Command::new("redis-cli");
+    command.args(["--no-auth-warning", "-h", host, "-p", port]);
+    if let Some((user, password)) = credentials {
+        command
+            .args(["--user", user])
+            .env("REDISCLI_AUTH", password);
+    }
+    command
+}
+
+/// A seed URL for the same node, as another user.
+pub fn url_as(url: &str, user: &str, password: &str) -> String {
+    format!("redis://{user}:{password}@{}", url_parts(url).1)
 }
 
 /// The port of the master serving `slot`, from `CLUSTER NODES` lines:
@@ -254,6 +340,22 @@ fn wait(timeout: Duration, mut ready: impl FnMut() -> bool) -> Result<(), ()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_keep_or_swap_their_credentials() {
+        assert_eq!(
+            url_as("redis://default:pw@127.0.0.1:7101", "flaky", "secret"),
+            "redis://flaky:secret@127.0.0.1:7101"
+        );
+        assert_eq!(
+            url_as("redis://127.0.0.1:7101", "u", "p"),
+            "redis://u:p@127.0.0.1:7101"
+        );
+        assert_eq!(
+            url_parts("redis://default:pw@127.0.0.1:7101"),
+            (Some(("default", "pw")), "127.0.0.1:7101")
+        );
+    }
 
     #[test]
     fn slot_owner_from_cluster_nodes() {

@@ -29,6 +29,10 @@ use axum::{
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
+
+/// The variable `api create-user` reads the new account's password from,
+/// unless told another; never the command line, which `ps` shows.
+pub const USER_PASSWORD_ENV: &str = "PAPERSTREAM_USER_PASSWORD";
 pub use state::AppState;
 
 #[derive(Debug, thiserror::Error)]

@@ -28,7 +28,7 @@ enum Command {
         #[arg(long)]
         email: String,
         /// The variable holding the password.
-        #[arg(long, default_value = "PAPERSTREAM_USER_PASSWORD")]
+        #[arg(long, default_value = api::USER_PASSWORD_ENV)]
         password_env: String,
         #[arg(long)]
         admin: bool,

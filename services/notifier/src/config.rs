@@ -83,9 +83,17 @@ impl Default for Config {
     }
 }
 
+/// Plain environment variables read besides `PAPERSTREAM_*`.
+pub const ENV_ALIASES: &[(&str, &str)] = &[("DATABASE_URL", "database_url")];
+
 impl Config {
     pub fn load(file: Option<&Path>) -> Result<Self, Box<ops::config::Error>> {
-        ops::config::load(Config::default(), file, &[("DATABASE_URL", "database_url")])
+        ops::config::load(Config::default(), file, ENV_ALIASES)
+    }
+
+    /// Every environment variable this configuration reads.
+    pub fn env_names() -> Vec<String> {
+        ops::config::env_names(&Config::default(), ENV_ALIASES)
     }
 
     pub fn runs(&self, role: &str) -> bool {

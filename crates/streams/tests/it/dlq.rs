@@ -464,12 +464,11 @@ async fn a_failed_retry_step_is_retried_without_losing_the_key() {
     let user = test_support::unique_name("flaky");
     let acl = |rule: &str| {
         for url in &urls {
-            let port = url.rsplit(':').next().expect("port");
-            let status = std::process::Command::new("redis-cli")
-                .args(["-p", port, "ACL", "SETUSER", &user, rule])
+            let out = test_support::redis_cli_for(url)
+                .args(["ACL", "SETUSER", &user, rule])
                 .output()
                 .expect("redis-cli");
-            assert!(status.status.success());
+            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK", "{out:?}");
         }
     };
     acl("reset");
@@ -480,7 +479,7 @@ async fn a_failed_retry_step_is_retried_without_losing_the_key() {
     acl("+@all");
     let as_user: Vec<String> = urls
         .iter()
-        .map(|u| u.replacen("redis://", &format!("redis://{user}:secret@"), 1))
+        .map(|u| test_support::url_as(u, &user, "secret"))
         .collect();
     let client = connect(as_user).await;
     let mut config = topic_config(1);
@@ -524,9 +523,8 @@ async fn a_failed_retry_step_is_retried_without_losing_the_key() {
     assert_eq!(per_key(&log)["key-0"], [0, 1, 2]);
     consumer.stop().await;
     for url in &urls {
-        let port = url.rsplit(':').next().expect("port");
-        let _ = std::process::Command::new("redis-cli")
-            .args(["-p", port, "ACL", "DELUSER", &user])
+        let _ = test_support::redis_cli_for(url)
+            .args(["ACL", "DELUSER", &user])
             .output();
     }
 }
