@@ -11,6 +11,16 @@ use streams::{Event, Topic, TopicConfig};
 /// Partitions of every topic: two per master of a three-master cluster.
 pub const PARTITIONS: u16 = 6;
 
+/// Entries a consumer of `topic` (its name without a prefix) takes at once,
+/// until the runtime settings say otherwise. Summarizing costs an LLM call
+/// per entry, so its batches are small; the others are database work.
+pub fn batch_size(topic: &str) -> usize {
+    match topic {
+        PaperIngested::TOPIC => 20,
+        _ => 50,
+    }
+}
+
 /// A paper version was stored for the first time. Key: the arXiv id, so a
 /// paper's versions stay in order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

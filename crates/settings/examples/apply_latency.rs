@@ -1,6 +1,7 @@
 //! How long a settings change takes to reach every instance: ten watchers
-//! (as ten service processes would run), a hundred changes, each timed
-//! from the change's commit to the moment the last watcher applied it.
+//! (as ten service processes would run, each retuning its own topics), a
+//! hundred changes, each timed from the change's commit to the moment the
+//! last watcher applied it.
 //! The periodic check is set to an hour, so only Pub/Sub carries changes.
 //!
 //! Run against the local infrastructure:
@@ -63,7 +64,10 @@ async fn main() -> anyhow::Result<()> {
     for i in 0..INSTANCES {
         let mut config = WatcherConfig::new("bench", &format!("bench-{i}"), urls.clone());
         config.check_interval = Duration::from_secs(3600);
-        let (watcher, applied) = Watcher::start(store.clone(), settings(100_000), config).await?;
+        // Each instance retunes its own topics, as a service does.
+        let topics = events::Topics::new("")?;
+        let appliers = vec![settings::topic_applier(topics.all_layouts(), "")];
+        let (watcher, applied) = Watcher::start(store.clone(), config, appliers).await?;
         receivers.push(applied);
         tasks.push(tokio::spawn(watcher.run(shutdown.clone())));
     }

@@ -7,11 +7,17 @@
 
 use std::{sync::Arc, time::Duration};
 
-use futures_util::StreamExt;
+use futures_util::{StreamExt, future::BoxFuture};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::{Result, Settings, store::Store};
+
+/// Puts a version into effect in one component (retune the topics, rebuild
+/// the LLM chain, ...). An error is logged and counted; the version still
+/// counts as applied by the others.
+pub type Applier =
+    Box<dyn Fn(Arc<Applied>) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
 
 /// The Pub/Sub channel (each service's Redis user may use only this one).
 pub const CHANNEL: &str = "paperstream.settings";
@@ -33,9 +39,10 @@ pub async fn announce(
 /// The settings an instance runs with.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Applied {
-    /// 0 while the code's defaults apply.
     pub version: i64,
-    pub settings: Settings,
+    /// `None` (version 0) until the first change: each service runs with
+    /// its own configuration until then.
+    pub settings: Option<Settings>,
 }
 
 #[derive(Debug, Clone)]
@@ -62,37 +69,44 @@ impl WatcherConfig {
 }
 
 /// Follows the latest settings for one instance.
-#[derive(Debug)]
 pub struct Watcher {
     store: Store,
-    defaults: Settings,
     config: WatcherConfig,
     applied: watch::Sender<Arc<Applied>>,
+    appliers: Vec<Applier>,
+}
+
+impl std::fmt::Debug for Watcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watcher")
+            .field("config", &self.config)
+            .field("version", &self.applied.borrow().version)
+            .field("appliers", &self.appliers.len())
+            .finish()
+    }
 }
 
 impl Watcher {
-    /// Load the current settings (the code's `defaults` before the first
-    /// change) and report them. Components read the receiver's latest
-    /// value whenever they use a setting.
+    /// Load the current settings, apply them with `appliers` and report
+    /// them, before the service starts its work. Components that read
+    /// settings when they use them follow the receiver instead.
     pub async fn start(
         store: Store,
-        defaults: Settings,
         config: WatcherConfig,
+        appliers: Vec<Applier>,
     ) -> Result<(Self, watch::Receiver<Arc<Applied>>)> {
-        let current = current(&store, &defaults).await?;
-        store
-            .report(&config.instance, &config.service, current.version)
-            .await?;
-        let (applied, receiver) = watch::channel(Arc::new(current));
-        Ok((
-            Self {
-                store,
-                defaults,
-                config,
-                applied,
-            },
-            receiver,
-        ))
+        let (applied, receiver) = watch::channel(Arc::new(Applied {
+            version: 0,
+            settings: None,
+        }));
+        let watcher = Self {
+            store,
+            config,
+            applied,
+            appliers,
+        };
+        watcher.check().await?;
+        Ok((watcher, receiver))
     }
 
     /// Follow changes until `shutdown`, then leave the convergence view.
@@ -123,10 +137,16 @@ impl Watcher {
         let applied = self.applied.borrow().version;
         let latest = self.store.latest_version().await?;
         if latest != applied {
-            let next = current(&self.store, &self.defaults).await?;
+            let next = Arc::new(current(&self.store).await?);
             tracing::info!(from = applied, to = next.version, "applying settings");
+            for apply in &self.appliers {
+                if let Err(err) = apply(next.clone()).await {
+                    tracing::error!(version = next.version, %err, "could not apply settings");
+                    metrics::counter!("settings_apply_failures_total").increment(1);
+                }
+            }
             metrics::gauge!("settings_applied_version").set(next.version as f64);
-            self.applied.send_replace(Arc::new(next));
+            self.applied.send_replace(next);
         }
         let version = self.applied.borrow().version;
         self.store
@@ -135,15 +155,15 @@ impl Watcher {
     }
 }
 
-async fn current(store: &Store, defaults: &Settings) -> Result<Applied> {
+async fn current(store: &Store) -> Result<Applied> {
     Ok(match store.latest().await? {
         Some(v) => Applied {
             version: v.version,
-            settings: v.settings,
+            settings: Some(v.settings),
         },
         None => Applied {
             version: 0,
-            settings: defaults.clone(),
+            settings: None,
         },
     })
 }

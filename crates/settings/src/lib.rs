@@ -17,7 +17,9 @@ pub mod bus;
 mod model;
 pub mod store;
 
-pub use model::{CrawlerSettings, Invalid, LlmSettings, PROVIDERS, Settings, TopicSettings};
+pub use model::{
+    CrawlerSettings, Invalid, LlmSettings, PROVIDERS, Settings, TopicSettings, defaults,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -38,6 +40,41 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A name for this process among the instances of `service`: host, pid
+/// and a random suffix (a restarted process is a new instance).
+pub fn instance_name(service: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "host".into());
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    format!("{service}-{host}-{}-{suffix}", std::process::id())
+}
+
+/// An applier that retunes each of `layouts` named in the settings (by
+/// its name without `prefix`); topics the settings do not name keep their
+/// tuning.
+pub fn topic_applier(
+    layouts: Vec<std::sync::Arc<streams::TopicLayout>>,
+    prefix: &str,
+) -> bus::Applier {
+    let prefix = prefix.to_owned();
+    Box::new(move |applied| {
+        let outcome = match &applied.settings {
+            None => Ok(()),
+            Some(settings) => layouts
+                .iter()
+                .filter_map(|layout| {
+                    let name = layout.config.name.strip_prefix(prefix.as_str())?;
+                    Some((layout, settings.topics.get(name)?))
+                })
+                .try_for_each(|(layout, topic)| {
+                    layout.retune(topic.tuning()).map_err(|e| e.to_string())
+                }),
+        };
+        Box::pin(std::future::ready(outcome))
+    })
+}
 
 /// The settings tables' migrations (see `catalog::migrate` on sharing the
 /// migrations table).

@@ -52,6 +52,49 @@ pub struct CrawlerSettings {
 /// The providers the summarizer knows.
 pub const PROVIDERS: [&str; 3] = ["ollama", "openai", "extractive"];
 
+/// What the services run with before any change: the code's defaults (the
+/// summarizer's and crawler's configurations start from these too).
+pub mod defaults {
+    pub const LLM_ORDER: [&str; 3] = super::PROVIDERS;
+    pub const BREAKER_FAILURES: u32 = 5;
+    pub const BREAKER_OPEN_S: u64 = 30;
+    pub const CRAWL_INTERVAL_S: u64 = 6 * 3600;
+    pub const CRAWL_CATEGORIES: [&str; 3] = ["cs.LG", "cs.AI", "cs.CL"];
+}
+
+impl Settings {
+    /// The code's defaults for every topic of `topics` (named without
+    /// `prefix`), the LLM chain and the crawler.
+    pub fn defaults(topics: &events::Topics, prefix: &str) -> Self {
+        Self {
+            topics: topics
+                .all_layouts()
+                .iter()
+                .map(|layout| {
+                    let name = layout
+                        .config
+                        .name
+                        .strip_prefix(prefix)
+                        .unwrap_or(&layout.config.name)
+                        .to_owned();
+                    let settings =
+                        TopicSettings::from_config(&layout.config, events::batch_size(&name));
+                    (name, settings)
+                })
+                .collect(),
+            llm: LlmSettings {
+                order: defaults::LLM_ORDER.map(String::from).to_vec(),
+                breaker_failures: defaults::BREAKER_FAILURES,
+                breaker_open_s: defaults::BREAKER_OPEN_S,
+            },
+            crawler: CrawlerSettings {
+                interval_s: defaults::CRAWL_INTERVAL_S,
+                categories: defaults::CRAWL_CATEGORIES.map(String::from).to_vec(),
+            },
+        }
+    }
+}
+
 /// One reason a settings document was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Invalid {
@@ -79,18 +122,18 @@ impl TopicSettings {
         }
     }
 
-    /// `config` with these settings applied; name and partitions, which
-    /// producers and consumers must agree on, stay as they are.
-    pub fn apply_to(&self, config: &streams::TopicConfig) -> streams::TopicConfig {
-        let mut applied = config.clone();
-        applied.capacity = self.capacity;
-        applied.max_attempts = self.max_attempts;
-        applied.retry = streams::RetryPolicy {
-            min_delay: Duration::from_millis(self.retry_min_ms),
-            max_delay: Duration::from_millis(self.retry_max_ms),
-            factor: self.retry_factor,
-        };
-        applied
+    /// What a running topic takes from these settings.
+    pub fn tuning(&self) -> streams::Tuning {
+        streams::Tuning {
+            capacity: self.capacity,
+            max_attempts: self.max_attempts,
+            retry: streams::RetryPolicy {
+                min_delay: Duration::from_millis(self.retry_min_ms),
+                max_delay: Duration::from_millis(self.retry_max_ms),
+                factor: self.retry_factor,
+            },
+            batch_size: Some(self.batch_size),
+        }
     }
 }
 
@@ -189,13 +232,24 @@ mod tests {
     }
 
     #[test]
+    fn the_code_defaults_are_valid_and_name_every_topic_without_its_prefix() {
+        let topics = events::Topics::new("test.").expect("topics");
+        let defaults = Settings::defaults(&topics, "test.");
+        assert_eq!(defaults.problems(), []);
+        assert_eq!(defaults.topics.len(), 6);
+        assert_eq!(defaults.topics["paper.ingested"].batch_size, 20);
+        assert_eq!(defaults.topics["delivery.email"].max_attempts, 10);
+    }
+
+    #[test]
     fn defaults_from_code_are_valid_and_round_trip() {
         let settings = valid();
         assert_eq!(settings.problems(), []);
         let config = streams::TopicConfig::new("paper.ingested", 6);
-        let applied = settings.topics["paper.ingested"].apply_to(&config);
-        assert_eq!(applied.capacity, config.capacity);
-        assert_eq!(applied.retry.max_delay, config.retry.max_delay);
+        let tuning = settings.topics["paper.ingested"].tuning();
+        assert_eq!(tuning.capacity, config.capacity);
+        assert_eq!(tuning.retry, config.retry);
+        assert_eq!(tuning.batch_size, Some(500));
     }
 
     #[test]

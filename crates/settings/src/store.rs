@@ -3,7 +3,7 @@
 //! grows.
 
 use serde::Serialize;
-use sqlx::{PgPool, Row};
+use sqlx::{PgConnection, PgPool, Row};
 use time::OffsetDateTime;
 
 use crate::{Error, Result, Settings};
@@ -106,16 +106,40 @@ impl Store {
     /// Validate and store a change; returns its version. Announce it with
     /// [`crate::bus::announce`] afterwards.
     pub async fn change(&self, change: Change<'_>) -> Result<i64> {
-        self.insert(change, None).await
+        let mut tx = self.pool.begin().await?;
+        let version = insert(&mut tx, change, None).await?;
+        tx.commit().await?;
+        Ok(version)
+    }
+
+    /// [`Store::change`] inside the caller's transaction (with an
+    /// idempotency record, say); the version exists once it commits.
+    pub async fn change_in(&self, tx: &mut PgConnection, change: Change<'_>) -> Result<i64> {
+        insert(tx, change, None).await
     }
 
     /// Make version `version`'s settings current again, as a new version.
     pub async fn rollback(&self, version: i64, author: &str, reason: &str) -> Result<i64> {
+        let mut tx = self.pool.begin().await?;
+        let restored = self.rollback_in(&mut tx, version, author, reason).await?;
+        tx.commit().await?;
+        Ok(restored)
+    }
+
+    /// [`Store::rollback`] inside the caller's transaction.
+    pub async fn rollback_in(
+        &self,
+        tx: &mut PgConnection,
+        version: i64,
+        author: &str,
+        reason: &str,
+    ) -> Result<i64> {
         let old = self
             .version(version)
             .await?
             .ok_or(Error::NoSuchVersion(version))?;
-        self.insert(
+        insert(
+            tx,
             Change {
                 settings: &old.settings,
                 author,
@@ -125,50 +149,6 @@ impl Store {
             Some(version),
         )
         .await
-    }
-
-    async fn insert(&self, change: Change<'_>, restores: Option<i64>) -> Result<i64> {
-        let problems = change.settings.problems();
-        if !problems.is_empty() {
-            return Err(Error::Invalid(problems));
-        }
-        if change.author.trim().is_empty() {
-            return Err(Error::NoAuthor);
-        }
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(CHANGE_LOCK)
-            .execute(&mut *tx)
-            .await?;
-        let latest: i64 =
-            sqlx::query_scalar("SELECT coalesce(max(version), 0) FROM settings_versions")
-                .fetch_one(&mut *tx)
-                .await?;
-        if let Some(expected) = change.expected_version
-            && expected != latest
-        {
-            return Err(Error::Conflict { expected, latest });
-        }
-        let version = latest + 1;
-        sqlx::query(
-            "INSERT INTO settings_versions (version, settings, author, reason, restores)
-             VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(version)
-        .bind(sqlx::types::Json(change.settings))
-        .bind(change.author)
-        .bind(change.reason)
-        .bind(restores)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        tracing::info!(
-            version,
-            author = change.author,
-            ?restores,
-            "settings changed"
-        );
-        Ok(version)
     }
 
     /// Record that `instance` of `service` runs with `version`.
@@ -223,6 +203,47 @@ impl Store {
         })
         .collect()
     }
+}
+
+async fn insert(tx: &mut PgConnection, change: Change<'_>, restores: Option<i64>) -> Result<i64> {
+    let problems = change.settings.problems();
+    if !problems.is_empty() {
+        return Err(Error::Invalid(problems));
+    }
+    if change.author.trim().is_empty() {
+        return Err(Error::NoAuthor);
+    }
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(CHANGE_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    let latest: i64 = sqlx::query_scalar("SELECT coalesce(max(version), 0) FROM settings_versions")
+        .fetch_one(&mut *tx)
+        .await?;
+    if let Some(expected) = change.expected_version
+        && expected != latest
+    {
+        return Err(Error::Conflict { expected, latest });
+    }
+    let version = latest + 1;
+    sqlx::query(
+        "INSERT INTO settings_versions (version, settings, author, reason, restores)
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(version)
+    .bind(sqlx::types::Json(change.settings))
+    .bind(change.author)
+    .bind(change.reason)
+    .bind(restores)
+    .execute(&mut *tx)
+    .await?;
+    tracing::info!(
+        version,
+        author = change.author,
+        ?restores,
+        "settings changed"
+    );
+    Ok(version)
 }
 
 fn version_from_row(row: sqlx::postgres::PgRow) -> Result<Version> {

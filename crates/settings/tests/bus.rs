@@ -7,7 +7,7 @@ use std::{sync::Arc, time::Duration};
 
 use settings::{
     CrawlerSettings, Error, LlmSettings, Settings, TopicSettings,
-    bus::{Applied, Watcher, WatcherConfig},
+    bus::{Applied, Applier, Watcher, WatcherConfig},
     store::{Change, Store},
 };
 use test_support::TestDatabase;
@@ -56,6 +56,7 @@ async fn redis() -> redis::cluster_async::ClusterConnection {
 }
 
 struct Instance {
+    topics: events::Topics,
     applied: watch::Receiver<Arc<Applied>>,
     task: tokio::task::JoinHandle<settings::Result<()>>,
 }
@@ -67,13 +68,19 @@ async fn start_instance(
     check_interval: Duration,
     shutdown: &CancellationToken,
 ) -> Instance {
+    let topics = events::Topics::new("").expect("topics");
+    let appliers: Vec<Applier> = vec![settings::topic_applier(topics.all_layouts(), "")];
     let mut config = WatcherConfig::new("summarizer", name, urls);
     config.check_interval = check_interval;
-    let (watcher, applied) = Watcher::start(store.clone(), defaults(), config)
+    let (watcher, applied) = Watcher::start(store.clone(), config, appliers)
         .await
         .expect("watcher");
     let task = tokio::spawn(watcher.run(shutdown.clone()));
-    Instance { applied, task }
+    Instance {
+        topics,
+        applied,
+        task,
+    }
 }
 
 async fn wait_for_version(instance: &mut Instance, version: i64, within: Duration) {
@@ -107,7 +114,7 @@ async fn a_change_reaches_every_instance_through_pubsub_and_each_reports_it() {
             &shutdown,
         )
         .await;
-        assert_eq!(instance.applied.borrow().version, 0, "defaults at first");
+        assert_eq!(instance.applied.borrow().version, 0, "no change yet");
         instances.push(instance);
     }
     // Subscriptions are made in the background; give them a moment.
@@ -128,14 +135,30 @@ async fn a_change_reaches_every_instance_through_pubsub_and_each_reports_it() {
         .expect("announce");
     for instance in &mut instances {
         wait_for_version(instance, version, Duration::from_secs(5)).await;
-        assert_eq!(instance.applied.borrow().settings, changed);
+        assert_eq!(instance.applied.borrow().settings.as_ref(), Some(&changed));
+        // Applied before it was published to the instance's components.
+        assert_eq!(instance.topics.ingested.layout().tuning().capacity, 50_000);
+        assert_eq!(
+            instance.topics.email.layout().tuning().max_attempts,
+            changed.topics["delivery.email"].max_attempts
+        );
     }
-    let reported = store
-        .instances(Duration::from_secs(60))
-        .await
-        .expect("instances");
-    assert_eq!(reported.len(), 5);
-    assert!(reported.iter().all(|i| i.applied_version == version));
+    // Each reports right after applying.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let reported = store
+            .instances(Duration::from_secs(60))
+            .await
+            .expect("instances");
+        if reported.len() == 5 && reported.iter().all(|i| i.applied_version == version) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "reports: {reported:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     shutdown.cancel();
     for instance in instances {

@@ -211,7 +211,7 @@ impl Inspector {
             dlq_length,
             memory_bytes,
             dlq_memory_bytes,
-            capacity: layout.config.capacity,
+            capacity: layout.tuning().capacity,
             backlog,
             groups,
         })

@@ -59,4 +59,4 @@ pub use envelope::{EntryId, Event, Message, RawEntry};
 pub use error::{Backpressure, BackpressureReason, DecodeError, Error, Result};
 pub use inspect::Inspector;
 pub use producer::{Durability, Outgoing, OutgoingJson, Producer, ProducerConfig, Sent};
-pub use topic::{RetryPolicy, Topic, TopicConfig, TopicLayout};
+pub use topic::{RetryPolicy, Topic, TopicConfig, TopicLayout, Tuning};

@@ -268,14 +268,14 @@ impl Producer {
         let (script, mut cmd) = match self.config.idempotency_ttl {
             None => {
                 let mut cmd = evalsha(&scripts::PRODUCE, &[&keys.stream, &keys.lost]);
-                cmd.arg(layout.config.capacity).arg(Encoded::WIDTH);
+                cmd.arg(layout.tuning().capacity).arg(Encoded::WIDTH);
                 (&*scripts::PRODUCE, cmd)
             }
             Some(ttl) => {
                 let mut marker_keys = vec![keys.stream.clone(), keys.lost.clone()];
                 marker_keys.extend(chunk.iter().map(|(_, e)| keys.produced(e.message_id())));
                 let mut cmd = evalsha(&scripts::PRODUCE_ONCE, &marker_keys);
-                cmd.arg(layout.config.capacity)
+                cmd.arg(layout.tuning().capacity)
                     .arg(Encoded::WIDTH)
                     .arg(ttl.as_millis() as u64);
                 (&*scripts::PRODUCE_ONCE, cmd)
@@ -343,7 +343,7 @@ fn parse_produce_reply(reply: Value) -> Result<(u64, Vec<(EntryId, bool)>)> {
 }
 
 fn refused(layout: &TopicLayout, partition: u16, backlog: Option<u64>) -> Error {
-    let capacity = layout.config.capacity;
+    let capacity = layout.tuning().capacity;
     Error::Backpressure(Backpressure {
         topic: layout.config.name.clone(),
         partition,

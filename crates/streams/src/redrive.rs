@@ -63,7 +63,7 @@ pub async fn redrive(
             &scripts::REDRIVE,
             &[&keys.dlq, &keys.stream, &keys.audit, &keys.lost],
         );
-        cmd.arg(layout.config.capacity)
+        cmd.arg(layout.tuning().capacity)
             .arg(actor)
             .arg(from)
             .arg(to)

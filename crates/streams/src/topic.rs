@@ -10,7 +10,12 @@
 //! asking anyone. [`crate::StreamsClient::placement`] checks the real
 //! placement against the live slot map.
 
-use std::{fmt, marker::PhantomData, sync::Arc, time::Duration};
+use std::{
+    fmt,
+    marker::PhantomData,
+    sync::{Arc, PoisonError, RwLock},
+    time::Duration,
+};
 
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -39,7 +44,7 @@ pub struct TopicConfig {
 }
 
 /// Exponential backoff with jitter between delivery attempts of a message.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetryPolicy {
     pub min_delay: Duration,
     pub max_delay: Duration,
@@ -165,12 +170,27 @@ impl<T> Topic<T> {
     }
 }
 
+/// The settings of a topic that may change while it is in use, without a
+/// restart ([`TopicLayout::retune`]); every producer and consumer of the
+/// layout uses the new values from its next call or batch on.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Tuning {
+    pub capacity: u64,
+    pub max_attempts: u32,
+    pub retry: RetryPolicy,
+    /// Overrides each consumer's `batch_size` when set.
+    pub batch_size: Option<usize>,
+}
+
 /// The keys and slots of a topic, independent of its payload type. The
 /// inspection and redrive APIs work on this.
 #[derive(Debug)]
 pub struct TopicLayout {
+    /// As created; capacity, attempts and retry may since have been
+    /// retuned, see [`TopicLayout::tuning`].
     pub config: TopicConfig,
     pub partitions: Vec<PartitionKeys>,
+    tuning: RwLock<Tuning>,
 }
 
 impl TopicLayout {
@@ -179,7 +199,42 @@ impl TopicLayout {
         let partitions = (0..config.partitions)
             .map(|index| PartitionKeys::new(&config.name, index, config.partitions))
             .collect();
-        Ok(Self { config, partitions })
+        let tuning = RwLock::new(Tuning {
+            capacity: config.capacity,
+            max_attempts: config.max_attempts,
+            retry: config.retry,
+            batch_size: None,
+        });
+        Ok(Self {
+            config,
+            partitions,
+            tuning,
+        })
+    }
+
+    /// The settings in force now.
+    pub fn tuning(&self) -> Tuning {
+        *self.tuning.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Change the settings in force; refused when they make no sense.
+    pub fn retune(&self, tuning: Tuning) -> Result<()> {
+        if tuning.capacity == 0 || tuning.max_attempts == 0 || tuning.batch_size == Some(0) {
+            return Err(Error::Config(format!(
+                "topic {}: capacity, max_attempts and batch_size must be at least 1",
+                self.config.name
+            )));
+        }
+        if tuning.retry.min_delay > tuning.retry.max_delay
+            || !(tuning.retry.factor.is_finite() && tuning.retry.factor >= 1.0)
+        {
+            return Err(Error::Config(format!(
+                "topic {}: retry needs min_delay <= max_delay and a factor of at least 1",
+                self.config.name
+            )));
+        }
+        *self.tuning.write().unwrap_or_else(PoisonError::into_inner) = tuning;
+        Ok(())
     }
 
     /// Stable across processes, platforms and releases: xxh3 of the key.

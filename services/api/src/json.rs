@@ -55,6 +55,9 @@ pub fn routes() -> Router<AppState> {
         .route("/channels", get(list_channels).post(create_channel))
         .route("/channels/{id}", axum::routing::delete(delete_channel))
         .route("/search", get(search))
+        .route("/admin/settings", get(settings_overview))
+        .route("/admin/settings/versions", post(change_settings))
+        .route("/admin/settings/rollback", post(rollback_settings))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
@@ -779,13 +782,160 @@ pub async fn delete_channel(
 
 // ---- the document ----
 
+// ---- runtime settings (admins) ----
+
+fn require_admin(user: &User) -> ApiResult<()> {
+    if user.is_admin() {
+        Ok(())
+    } else {
+        metrics::counter!("http_forbidden_total", "why" => "admin").increment(1);
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "only administrators may see or change the runtime settings",
+        ))
+    }
+}
+
+fn settings_error(err: settings::Error) -> ApiError {
+    match err {
+        settings::Error::Invalid(problems) => ApiError::invalid(
+            problems
+                .into_iter()
+                .map(|p| FieldProblem {
+                    field: p.field,
+                    message: p.reason,
+                })
+                .collect(),
+        ),
+        err @ settings::Error::Conflict { .. } => {
+            ApiError::new(StatusCode::CONFLICT, "conflict", err.to_string())
+        }
+        err @ settings::Error::NoSuchVersion(_) => {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", err.to_string())
+        }
+        other => web::PageError::Internal(other.to_string()).into(),
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/admin/settings", tag = "admin", security(("bearer" = [])),
+    responses((status = 200, description = "latest version, settings in force, instances and history"),
+              (status = 403, description = "not an administrator")))]
+pub async fn settings_overview(
+    State(state): State<AppState>,
+    ApiUser(user): ApiUser,
+) -> ApiResult<Json<crate::runtime_settings::Overview>> {
+    require_admin(&user)?;
+    Ok(Json(crate::runtime_settings::overview(&state).await?))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct SettingsChange {
+    /// The whole settings document, as `GET /admin/settings` returns it.
+    #[schema(value_type = Object)]
+    settings: settings::Settings,
+    #[serde(default)]
+    reason: String,
+    /// Refuse the change (409) unless this is still the latest version.
+    expected_version: Option<i64>,
+}
+
+#[utoipa::path(post, path = "/api/v1/admin/settings/versions", tag = "admin", security(("bearer" = [])),
+    request_body = SettingsChange,
+    responses((status = 201, description = "stored and announced; `{\"version\"}`"),
+              (status = 422, description = "invalid settings, with every reason"),
+              (status = 409, description = "someone changed the settings meanwhile")))]
+pub async fn change_settings(
+    State(state): State<AppState>,
+    ApiUser(user): ApiUser,
+    posted: Posted<SettingsChange>,
+) -> ApiResult {
+    require_admin(&user)?;
+    let scope = user_scope(&user);
+    let mut tx = state.pool.begin().await?;
+    if let Some(replay) = posted.claim(&mut tx, &scope).await? {
+        return Ok(replay);
+    }
+    let version = state
+        .settings
+        .change_in(
+            &mut tx,
+            settings::store::Change {
+                settings: &posted.body.settings,
+                author: &user.email,
+                reason: posted.body.reason.trim(),
+                expected_version: posted.body.expected_version,
+            },
+        )
+        .await
+        .map_err(settings_error)?;
+    let response = posted
+        .answer(
+            &mut tx,
+            &scope,
+            StatusCode::CREATED,
+            json!({ "version": version }),
+        )
+        .await?;
+    tx.commit().await?;
+    crate::runtime_settings::announce(&state.redis, version).await;
+    Ok(response)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct SettingsRollback {
+    /// The version whose settings become current again.
+    version: i64,
+    #[serde(default)]
+    reason: String,
+}
+
+#[utoipa::path(post, path = "/api/v1/admin/settings/rollback", tag = "admin", security(("bearer" = [])),
+    request_body = SettingsRollback,
+    responses((status = 201, description = "the new version that restores the old one; `{\"version\"}`"),
+              (status = 404, description = "no such version")))]
+pub async fn rollback_settings(
+    State(state): State<AppState>,
+    ApiUser(user): ApiUser,
+    posted: Posted<SettingsRollback>,
+) -> ApiResult {
+    require_admin(&user)?;
+    let scope = user_scope(&user);
+    let mut tx = state.pool.begin().await?;
+    if let Some(replay) = posted.claim(&mut tx, &scope).await? {
+        return Ok(replay);
+    }
+    let reason = match posted.body.reason.trim() {
+        "" => format!("rollback to version {}", posted.body.version),
+        given => given.to_owned(),
+    };
+    let version = state
+        .settings
+        .rollback_in(&mut tx, posted.body.version, &user.email, &reason)
+        .await
+        .map_err(settings_error)?;
+    let response = posted
+        .answer(
+            &mut tx,
+            &scope,
+            StatusCode::CREATED,
+            json!({ "version": version }),
+        )
+        .await?;
+    tx.commit().await?;
+    crate::runtime_settings::announce(&state.redis, version).await;
+    Ok(response)
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(title = "paperstream API", version = "1", description = "New arXiv papers, matched and summarized. Authenticate with `Authorization: Bearer <token>`."),
     paths(sign_up, create_token, me, list_subscriptions, create_subscription, get_subscription,
           update_subscription, delete_subscription, pause_or_resume, preview, feed, inbox, mark_read,
-          feedback, search, list_channels, create_channel, delete_channel),
-    components(schemas(SignUp, NewToken, SubscriptionBody, MarkRead, Vote, NewChannel, FieldProblem)),
+          feedback, search, list_channels, create_channel, delete_channel, settings_overview,
+          change_settings, rollback_settings),
+    components(schemas(SignUp, NewToken, SubscriptionBody, MarkRead, Vote, NewChannel, FieldProblem,
+                       SettingsChange, SettingsRollback)),
     modifiers(&BearerAuth)
 )]
 #[derive(Debug)]

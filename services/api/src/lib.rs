@@ -13,6 +13,7 @@
 
 pub mod config;
 pub mod json;
+pub mod runtime_settings;
 mod state;
 pub mod web;
 
@@ -51,6 +52,8 @@ pub enum Error {
     Outbox(#[from] outbox::Error),
     #[error("streams: {0}")]
     Streams(#[from] streams::Error),
+    #[error("settings: {0}")]
+    Settings(#[from] settings::Error),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
     #[error("configuration: {0}")]
@@ -125,7 +128,33 @@ async fn record(request: Request, next: Next) -> Response {
 /// `shutdown`; returns once in-flight requests have finished.
 pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<()> {
     let state = AppState::connect(config).await?;
-    serve(state, config.listen, shutdown, |_| {}).await
+    let watcher = watch_settings(&state, config).await?;
+    let watching = tokio::spawn(watcher.run(shutdown.clone()));
+    serve(state, config.listen, shutdown, |_| {}).await?;
+    if let Ok(Err(err)) = watching.await {
+        tracing::warn!(%err, "settings watcher stopped with an error");
+    }
+    Ok(())
+}
+
+/// This instance's settings watcher: the topics' capacities (which replay
+/// respects) follow the runtime settings, and the instance appears on the
+/// settings page.
+pub async fn watch_settings(state: &AppState, config: &Config) -> Result<settings::bus::Watcher> {
+    let (watcher, _) = settings::bus::Watcher::start(
+        state.settings.clone(),
+        settings::bus::WatcherConfig::new(
+            "api",
+            &settings::instance_name("api"),
+            config.redis_urls.clone(),
+        ),
+        vec![settings::topic_applier(
+            state.topics.all_layouts(),
+            &config.topic_prefix,
+        )],
+    )
+    .await?;
+    Ok(watcher)
 }
 
 /// Serve `state` on `addr`; `bound` learns the address (for port 0).

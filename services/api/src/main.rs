@@ -36,6 +36,38 @@ enum Command {
         #[arg(long)]
         if_missing: bool,
     },
+    /// Show or change the runtime settings, as the admin page does.
+    Settings {
+        #[command(subcommand)]
+        action: SettingsAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SettingsAction {
+    /// Print the latest version, its settings and the instances as JSON.
+    Show,
+    /// Store FILE (JSON, the shape `show` prints under "settings") as a new
+    /// version and announce it.
+    Set {
+        file: PathBuf,
+        /// Who makes the change.
+        #[arg(long)]
+        author: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Refuse unless this is still the latest version.
+        #[arg(long)]
+        expected_version: Option<i64>,
+    },
+    /// Make an earlier version's settings current again.
+    Rollback {
+        version: i64,
+        #[arg(long)]
+        author: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
 }
 
 #[tokio::main]
@@ -60,7 +92,14 @@ async fn main() -> anyhow::Result<()> {
                 ),
             ];
             ops::serve(config.ops_addr, metrics, checks, shutdown.clone()).await?;
+            let watcher = api::watch_settings(&state, &config).await?;
+            let watching = tokio::spawn(watcher.run(shutdown.clone()));
             api::serve(state, config.listen, shutdown, |_| {}).await?;
+            watching.await??;
+        }
+        Command::Settings { action } => {
+            let state = api::AppState::connect(&config).await?;
+            settings_command(&state, action).await?;
         }
         Command::CreateUser {
             email,
@@ -96,5 +135,50 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+async fn settings_command(state: &api::AppState, action: SettingsAction) -> anyhow::Result<()> {
+    let version = match action {
+        SettingsAction::Show => {
+            let overview = api::runtime_settings::overview(state).await?;
+            println!("{}", serde_json::to_string_pretty(&overview)?);
+            return Ok(());
+        }
+        SettingsAction::Set {
+            file,
+            author,
+            reason,
+            expected_version,
+        } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("read {}", file.display()))?;
+            let document: settings::Settings = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a settings document", file.display()))?;
+            state
+                .settings
+                .change(settings::store::Change {
+                    settings: &document,
+                    author: &author,
+                    reason: &reason,
+                    expected_version,
+                })
+                .await?
+        }
+        SettingsAction::Rollback {
+            version,
+            author,
+            reason,
+        } => {
+            let reason = if reason.is_empty() {
+                format!("rollback to version {version}")
+            } else {
+                reason
+            };
+            state.settings.rollback(version, &author, &reason).await?
+        }
+    };
+    api::runtime_settings::announce(&state.redis, version).await;
+    println!("version {version} stored and announced");
     Ok(())
 }

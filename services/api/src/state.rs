@@ -39,6 +39,12 @@ pub struct Inner {
     pub channel_policy: TargetPolicy,
     pub max_body_bytes: usize,
     pub preview_days: i32,
+    /// The runtime settings' versions (see `crate::runtime_settings`).
+    pub settings: settings::store::Store,
+    /// What the settings form starts from before the first change.
+    pub settings_defaults: settings::Settings,
+    /// For announcing settings changes.
+    pub redis: redis::cluster::ClusterClient,
     recent: RwLock<Option<(Instant, Arc<Vec<Card>>)>>,
 }
 
@@ -85,6 +91,7 @@ impl AppState {
         accounts::migrate(&pool).await?;
         subscriptions::store::migrate(&pool).await?;
         delivery::migrate(&pool).await?;
+        settings::migrate(&pool).await?;
         let client =
             StreamsClient::connect(streams::ClientConfig::new(config.redis_urls.clone())).await?;
         Self::new(config, pool, client)
@@ -102,7 +109,13 @@ impl AppState {
         let per_minute = NonZeroU32::new(config.auth_attempts_per_minute.max(1))
             .ok_or_else(|| Error::Config("auth_attempts_per_minute must be positive".into()))?;
         let public_url = config.public_url.trim_end_matches('/').to_owned();
+        let settings_defaults = settings::Settings::defaults(&topics, &config.topic_prefix);
+        let redis = redis::cluster::ClusterClient::new(config.redis_urls.clone())
+            .map_err(|e| Error::Config(format!("redis_urls: {e}")))?;
         Ok(Self(Arc::new(Inner {
+            settings: settings::store::Store::new(pool.clone()),
+            settings_defaults,
+            redis,
             inspector: Inspector::new(client.clone()),
             pool,
             client,

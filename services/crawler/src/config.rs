@@ -60,10 +60,12 @@ impl Default for Config {
                 attempts: client.attempts,
             },
             schedule: Schedule {
-                categories: vec!["cs.LG".into(), "cs.AI".into(), "cs.CL".into()],
+                categories: settings::defaults::CRAWL_CATEGORIES
+                    .map(String::from)
+                    .to_vec(),
                 sets: vec!["cs".into()],
                 backfill_days: 2,
-                interval_s: 6 * 3600,
+                interval_s: settings::defaults::CRAWL_INTERVAL_S,
                 probe_interval_s: 600,
             },
             ops_addr: ([127, 0, 0, 1], 9101).into(),

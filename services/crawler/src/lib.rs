@@ -46,6 +46,8 @@ pub enum Error {
     Database(#[from] sqlx::Error),
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error("settings: {0}")]
+    Settings(#[from] settings::Error),
     #[error("streams: {0}")]
     Streams(#[from] streams::Error),
     #[error("{0}")]
@@ -111,6 +113,7 @@ impl Crawler {
         let pool = catalog::connect(&config.database_url, 8).await?;
         catalog::migrate(&pool).await?;
         outbox::migrate(&pool).await?;
+        settings::migrate(&pool).await?;
         let streams =
             StreamsClient::connect(streams::ClientConfig::new(config.redis_urls.clone())).await?;
         let pace_connection = redis::cluster::ClusterClient::new(config.redis_urls.clone())?
@@ -411,12 +414,38 @@ pub fn parse_saved(text: &str) -> Result<Vec<Paper>> {
     parsed.map_err(|err| Error::Input(err.to_string()))
 }
 
-/// Run the scheduled mode until `shutdown`.
+/// Run the scheduled mode until `shutdown`. The schedule (interval and
+/// categories) follows the runtime settings; the configuration's applies
+/// until the first change.
 pub async fn run_scheduled(
     crawler: Crawler,
     config: &Config,
     shutdown: CancellationToken,
 ) -> Result<()> {
+    let (watcher, mut settings) = settings::bus::Watcher::start(
+        settings::store::Store::new(crawler.pool.clone()),
+        settings::bus::WatcherConfig::new(
+            "crawler",
+            &settings::instance_name("crawler"),
+            config.redis_urls.clone(),
+        ),
+        vec![settings::topic_applier(
+            vec![crawler.topics.ingested.layout().clone()],
+            &config.topic_prefix,
+        )],
+    )
+    .await?;
+    let watching = tokio::spawn(watcher.run(shutdown.clone()));
+    let schedule = |applied: &settings::bus::Applied| match &applied.settings {
+        Some(s) => (
+            Duration::from_secs(s.crawler.interval_s),
+            s.crawler.categories.clone(),
+        ),
+        None => (
+            config.schedule.interval(),
+            config.schedule.categories.clone(),
+        ),
+    };
     let relay = crawler.relay();
     let relaying = tokio::spawn({
         let shutdown = shutdown.clone();
@@ -424,11 +453,13 @@ pub async fn run_scheduled(
     });
     let mut next_probe = tokio::time::Instant::now();
     while !shutdown.is_cancelled() {
-        if tokio::time::Instant::now() >= next_probe {
+        let started = tokio::time::Instant::now();
+        if started >= next_probe {
             crawler.probe().await;
             next_probe = tokio::time::Instant::now() + config.schedule.probe_interval();
         }
-        match crawler.daily(&config.schedule.categories).await {
+        let categories = schedule(&settings.borrow()).1;
+        match crawler.daily(&categories).await {
             Ok(tally) => tracing::info!(?tally, "daily crawl done"),
             Err(err) => tracing::error!(%err, "daily crawl failed"),
         }
@@ -449,13 +480,21 @@ pub async fn run_scheduled(
             Ok(tally) => tracing::info!(?tally, "recent backfill done"),
             Err(err) => tracing::error!(%err, "recent backfill failed"),
         }
-        tokio::select! {
-            () = shutdown.cancelled() => {}
-            () = tokio::time::sleep(config.schedule.interval()) => {}
+        // Until the next run is due; a changed interval moves it.
+        loop {
+            let interval = schedule(&settings.borrow_and_update()).0;
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep_until(started + interval) => break,
+                Ok(()) = settings.changed() => {}
+            }
         }
     }
     if let Ok(Err(err)) = relaying.await {
         tracing::warn!(%err, "outbox relay stopped with an error");
+    }
+    if let Ok(Err(err)) = watching.await {
+        tracing::warn!(%err, "settings watcher stopped with an error");
     }
     Ok(())
 }

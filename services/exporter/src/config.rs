@@ -16,6 +16,9 @@ pub struct Config {
     pub interval_s: u64,
     /// `/metrics` and health.
     pub ops_addr: SocketAddr,
+    /// Where the runtime settings are, so that backlog shares follow a
+    /// changed capacity; without it the code's capacities are used.
+    pub database_url: Option<String>,
 }
 
 impl Default for Config {
@@ -25,12 +28,13 @@ impl Default for Config {
             topic_prefix: String::new(),
             interval_s: 15,
             ops_addr: ([127, 0, 0, 1], 9105).into(),
+            database_url: None,
         }
     }
 }
 
 /// Plain environment variables read besides `PAPERSTREAM_*`.
-pub const ENV_ALIASES: &[(&str, &str)] = &[];
+pub const ENV_ALIASES: &[(&str, &str)] = &[("DATABASE_URL", "database_url")];
 
 impl Config {
     pub fn load(file: Option<&Path>) -> Result<Self, Box<ops::config::Error>> {

@@ -31,6 +31,10 @@ pub use config::Config;
 pub enum Error {
     #[error("streams: {0}")]
     Streams(#[from] streams::Error),
+    #[error("settings: {0}")]
+    Settings(#[from] settings::Error),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -159,11 +163,35 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<()> {
         StreamsClient::connect(streams::ClientConfig::new(config.redis_urls.clone())).await?;
     let inspector = Inspector::new(client);
     let layouts = events::Topics::new(&config.topic_prefix)?.all_layouts();
+    let watching = match &config.database_url {
+        Some(url) => {
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(2)
+                .connect(url)
+                .await?;
+            settings::migrate(&pool).await?;
+            let (watcher, _) = settings::bus::Watcher::start(
+                settings::store::Store::new(pool),
+                settings::bus::WatcherConfig::new(
+                    "exporter",
+                    &settings::instance_name("exporter"),
+                    config.redis_urls.clone(),
+                ),
+                vec![settings::topic_applier(
+                    layouts.clone(),
+                    &config.topic_prefix,
+                )],
+            )
+            .await?;
+            Some(tokio::spawn(watcher.run(shutdown.clone())))
+        }
+        None => None,
+    };
     let mut tick = tokio::time::interval(Duration::from_secs(config.interval_s.max(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            () = shutdown.cancelled() => return Ok(()),
+            () = shutdown.cancelled() => break,
             _ = tick.tick() => {}
         }
         if let Err(err) = export_once(&inspector, &layouts).await {
@@ -171,6 +199,12 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<()> {
             tracing::warn!(%err, "reading the streams failed; will retry");
         }
     }
+    if let Some(task) = watching
+        && let Ok(Err(err)) = task.await
+    {
+        tracing::warn!(%err, "settings watcher stopped with an error");
+    }
+    Ok(())
 }
 
 fn unix_now() -> f64 {

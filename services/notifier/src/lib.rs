@@ -56,6 +56,8 @@ pub enum Error {
     Accounts(#[from] accounts::Error),
     #[error("outbox: {0}")]
     Outbox(#[from] outbox::Error),
+    #[error("settings: {0}")]
+    Settings(#[from] settings::Error),
     #[error("streams: {0}")]
     Streams(#[from] streams::Error),
     #[error("configuration: {0}")]
@@ -89,6 +91,7 @@ impl Service {
         accounts::migrate(&pool).await?;
         subscriptions::store::migrate(&pool).await?;
         delivery::migrate(&pool).await?;
+        settings::migrate(&pool).await?;
         let client =
             StreamsClient::connect(streams::ClientConfig::new(config.redis_urls.clone())).await?;
         let topics = Topics::new(&config.topic_prefix)?;
@@ -145,9 +148,29 @@ impl Service {
             let shutdown = shutdown.clone();
             async move { relay.run(shutdown).await.map_err(Error::from) }
         });
+        let (watcher, _) = settings::bus::Watcher::start(
+            settings::store::Store::new(self.pool.clone()),
+            settings::bus::WatcherConfig::new(
+                "notifier",
+                &settings::instance_name("notifier"),
+                config.redis_urls.clone(),
+            ),
+            vec![settings::topic_applier(
+                [self.topics.summarized.layout().clone()]
+                    .into_iter()
+                    .chain(self.topics.notifier_layouts())
+                    .collect(),
+                &config.topic_prefix,
+            )],
+        )
+        .await?;
+        tasks.spawn({
+            let shutdown = shutdown.clone();
+            async move { watcher.run(shutdown).await.map_err(Error::from) }
+        });
         let consumer_config = |group: &str| {
             let mut c = ConsumerConfig::new(group);
-            c.batch_size = 50;
+            c.batch_size = events::batch_size(events::PaperSummarized::TOPIC);
             c.max_concurrent_batches = config.max_concurrent_batches;
             c
         };

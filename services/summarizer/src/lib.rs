@@ -12,7 +12,10 @@
 
 pub mod config;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, PoisonError, RwLock},
+    time::Duration,
+};
 
 use events::{PaperIngested, PaperSummarized};
 use llm::{
@@ -44,6 +47,8 @@ pub enum Error {
     Llm(#[from] llm::LlmError),
     #[error("configuration: {0}")]
     Config(String),
+    #[error("settings: {0}")]
+    Settings(#[from] settings::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -105,7 +110,8 @@ pub async fn chain(config: &config::LlmSettings, redis_urls: &[String]) -> Resul
 #[derive(Debug, Clone)]
 pub struct Summarize {
     pool: PgPool,
-    chain: Arc<Chain>,
+    /// Replaced whole when the runtime settings change the chain.
+    chain: Arc<RwLock<Arc<Chain>>>,
     topic: streams::Topic<PaperSummarized>,
 }
 
@@ -115,9 +121,21 @@ impl Summarize {
             .increment(0);
         Self {
             pool,
-            chain: Arc::new(chain),
+            chain: Arc::new(RwLock::new(Arc::new(chain))),
             topic,
         }
+    }
+
+    /// The chain later messages use; calls in flight finish on the old one.
+    pub fn replace_chain(&self, chain: Chain) {
+        *self.chain.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(chain);
+    }
+
+    fn current_chain(&self) -> Arc<Chain> {
+        self.chain
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     pub async fn handle(&self, message: Message<PaperIngested>) -> Result<(), Failure> {
@@ -150,7 +168,7 @@ impl Summarize {
             abstract_text: paper.abstract_text.clone(),
         };
         let summary = self
-            .chain
+            .current_chain()
             .summarize(&request)
             .await
             .map_err(|e| retry("summarize", &e))?;
@@ -210,7 +228,51 @@ pub struct Service {
     client: StreamsClient,
     topics: events::Topics,
     summarize: Summarize,
+    settings: settings::bus::Watcher,
     max_concurrent_batches: usize,
+}
+
+/// Rebuilds the chain when the runtime settings change its order or
+/// breaker thresholds. New breakers start closed: an open one gets its
+/// probe right away instead of after its wait.
+fn chain_applier(
+    summarize: Summarize,
+    configured: config::LlmSettings,
+    redis_urls: Vec<String>,
+) -> settings::bus::Applier {
+    let in_force = Arc::new(std::sync::Mutex::new(configured.clone()));
+    Box::new(move |applied| {
+        let (summarize, configured, redis_urls, in_force) = (
+            summarize.clone(),
+            configured.clone(),
+            redis_urls.clone(),
+            in_force.clone(),
+        );
+        Box::pin(async move {
+            let mut wanted = configured;
+            if let Some(settings) = &applied.settings {
+                wanted.order = settings.llm.order.clone();
+                wanted.breaker_failures = settings.llm.breaker_failures;
+                wanted.breaker_open_s = settings.llm.breaker_open_s;
+            }
+            let unchanged = {
+                let current = in_force.lock().unwrap_or_else(PoisonError::into_inner);
+                current.order == wanted.order
+                    && current.breaker_failures == wanted.breaker_failures
+                    && current.breaker_open_s == wanted.breaker_open_s
+            };
+            if unchanged {
+                return Ok(());
+            }
+            let rebuilt = chain(&wanted, &redis_urls)
+                .await
+                .map_err(|e| e.to_string())?;
+            tracing::info!(order = ?wanted.order, "LLM chain rebuilt from the runtime settings");
+            summarize.replace_chain(rebuilt);
+            *in_force.lock().unwrap_or_else(PoisonError::into_inner) = wanted;
+            Ok(())
+        })
+    })
 }
 
 impl Service {
@@ -218,16 +280,41 @@ impl Service {
         let pool = catalog::connect(&config.database_url, 16).await?;
         catalog::migrate(&pool).await?;
         outbox::migrate(&pool).await?;
+        settings::migrate(&pool).await?;
         let client =
             StreamsClient::connect(streams::ClientConfig::new(config.redis_urls.clone())).await?;
         let chain = chain(&config.llm, &config.redis_urls).await?;
         let topics = events::Topics::new(&config.topic_prefix)?;
         let summarize = Summarize::new(pool.clone(), chain, topics.summarized.clone());
+        let (settings, _) = settings::bus::Watcher::start(
+            settings::store::Store::new(pool.clone()),
+            settings::bus::WatcherConfig::new(
+                "summarizer",
+                &settings::instance_name("summarizer"),
+                config.redis_urls.clone(),
+            ),
+            vec![
+                settings::topic_applier(
+                    vec![
+                        topics.ingested.layout().clone(),
+                        topics.summarized.layout().clone(),
+                    ],
+                    &config.topic_prefix,
+                ),
+                chain_applier(
+                    summarize.clone(),
+                    config.llm.clone(),
+                    config.redis_urls.clone(),
+                ),
+            ],
+        )
+        .await?;
         Ok(Self {
             pool,
             client,
             topics,
             summarize,
+            settings,
             max_concurrent_batches: config.max_concurrent_batches,
         })
     }
@@ -258,8 +345,9 @@ impl Service {
             let shutdown = shutdown.clone();
             async move { relay.run(shutdown).await }
         });
+        let watching = tokio::spawn(self.settings.run(shutdown.clone()));
         let mut consumer_config = ConsumerConfig::new("summarizer");
-        consumer_config.batch_size = 20;
+        consumer_config.batch_size = events::batch_size(PaperIngested::TOPIC);
         consumer_config.max_concurrent_batches = self.max_concurrent_batches;
         let summarize = self.summarize;
         let handler = streams::per_message(move |message: Message<PaperIngested>| {
@@ -273,6 +361,9 @@ impl Service {
             Ok(Err(err)) => tracing::warn!(%err, "outbox relay stopped with an error"),
             Err(err) => tracing::warn!(%err, "outbox relay panicked"),
             Ok(Ok(())) => {}
+        }
+        if let Ok(Err(err)) = watching.await {
+            tracing::warn!(%err, "settings watcher stopped with an error");
         }
         Ok(())
     }

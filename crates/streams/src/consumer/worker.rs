@@ -416,7 +416,13 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
     }
 
     async fn next_batch(&mut self) -> Result<Vec<Held>> {
-        let size = self.shared.config.batch_size.max(1);
+        let size = self
+            .shared
+            .layout
+            .tuning()
+            .batch_size
+            .unwrap_or(self.shared.config.batch_size)
+            .max(1);
         if self.reader.is_none() {
             // A new connection, at start or after a failed read: first take
             // in what a lost reply delivered, while everything held is in
@@ -588,7 +594,7 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
     }
 
     async fn process(&mut self, batch: Vec<Held>) -> Result<()> {
-        let max_attempts = self.shared.layout.config.max_attempts;
+        let max_attempts = self.shared.layout.tuning().max_attempts;
         let dedupe = self.shared.config.dedupe_ttl.is_some();
         let mut already_done = if dedupe {
             match self.processed_markers(&batch).await {
@@ -678,7 +684,12 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
                 Outcome::Retry(error) => {
                     let key = held.raw.key().to_owned();
                     tracing::debug!(partition = self.partition(), %key, attempt = held.deliveries, %error, "will retry");
-                    let wait = self.shared.layout.config.retry.delay_after(held.deliveries);
+                    let wait = self
+                        .shared
+                        .layout
+                        .tuning()
+                        .retry
+                        .delay_after(held.deliveries);
                     let blocked = self.blocked.entry(key.clone()).or_default();
                     blocked.queue.push_front(Held {
                         retry: false,

@@ -450,3 +450,53 @@ async fn idempotent_producer_appends_a_message_id_once() {
             .all(|r| r.is_ok_and(|s| s.duplicate))
     );
 }
+
+/// A capacity changed at runtime (the config bus retunes the layout)
+/// applies to the next append: a full partition takes more after a raise,
+/// and refuses again at the new limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retuned_capacity_applies_to_the_next_append() {
+    let client = shared_client().await;
+    let mut config = topic_config(1);
+    config.capacity = 2;
+    let topic = topic(config);
+    streams::ensure_group(&client, topic.layout(), "g", streams::StartFrom::Beginning)
+        .await
+        .expect("group");
+    let producer = producer(&client);
+    let message = |seq| Numbered {
+        key: "k".into(),
+        seq,
+    };
+    for seq in 0..2 {
+        producer
+            .send(&topic, "k", &message(seq))
+            .await
+            .expect("room");
+    }
+    let full = producer.send(&topic, "k", &message(2)).await;
+    assert!(
+        matches!(full, Err(streams::Error::Backpressure(_))),
+        "{full:?}"
+    );
+
+    let mut tuning = topic.layout().tuning();
+    tuning.capacity = 3;
+    topic.layout().retune(tuning).expect("retune");
+    producer
+        .send(&topic, "k", &message(2))
+        .await
+        .expect("room after the raise");
+    let full = producer.send(&topic, "k", &message(3)).await;
+    assert!(
+        matches!(full, Err(streams::Error::Backpressure(_))),
+        "{full:?}"
+    );
+
+    tuning.capacity = 0;
+    assert!(
+        topic.layout().retune(tuning).is_err(),
+        "a zero capacity is refused"
+    );
+    assert_eq!(topic.layout().tuning().capacity, 3);
+}

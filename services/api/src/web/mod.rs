@@ -2,6 +2,7 @@
 //! a little JavaScript that only enhances.
 
 pub mod admin;
+pub mod admin_settings;
 pub mod auth;
 pub mod csrf;
 pub mod reading;
@@ -67,6 +68,7 @@ pub fn routes() -> Router<AppState> {
             get(unsubscribe::confirm).post(unsubscribe::unsubscribe),
         )
         .merge(admin::routes())
+        .merge(admin_settings::routes())
 }
 
 pub async fn style() -> impl IntoResponse {
@@ -210,6 +212,7 @@ internal_from!(
     subscriptions::store::Error,
     delivery::Error,
     streams::Error,
+    ::settings::Error,
     crate::Error
 );
 
