@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use settings::{
-    CrawlerSettings, LlmSettings, Settings, TopicSettings,
+    Settings,
     bus::{Watcher, WatcherConfig},
     store::{Change, Store},
 };
@@ -23,27 +23,11 @@ const INSTANCES: usize = 10;
 const CHANGES: usize = 100;
 
 fn settings(capacity: u64) -> Settings {
-    let topics = events::Topics::new("").expect("topics");
-    Settings {
-        topics: topics
-            .all_layouts()
-            .iter()
-            .map(|l| {
-                let mut topic = TopicSettings::from_config(&l.config, 500);
-                topic.capacity = capacity;
-                (l.config.name.clone(), topic)
-            })
-            .collect(),
-        llm: LlmSettings {
-            order: vec!["ollama".into(), "extractive".into()],
-            breaker_failures: 5,
-            breaker_open_s: 30,
-        },
-        crawler: CrawlerSettings {
-            interval_s: 3600,
-            categories: vec!["cs.LG".into()],
-        },
+    let mut settings = Settings::defaults(&events::Topics::new("").expect("topics"), "");
+    for topic in settings.topics.values_mut() {
+        topic.capacity = capacity;
     }
+    settings
 }
 
 #[tokio::main]

@@ -6,7 +6,7 @@
 use std::{sync::Arc, time::Duration};
 
 use settings::{
-    CrawlerSettings, Error, LlmSettings, Settings, TopicSettings,
+    Error, Settings,
     bus::{Applied, Applier, Watcher, WatcherConfig},
     store::{Change, Store},
 };
@@ -15,28 +15,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 fn defaults() -> Settings {
-    let topics = events::Topics::new("").expect("topics");
-    Settings {
-        topics: topics
-            .all_layouts()
-            .iter()
-            .map(|l| {
-                (
-                    l.config.name.clone(),
-                    TopicSettings::from_config(&l.config, 500),
-                )
-            })
-            .collect(),
-        llm: LlmSettings {
-            order: vec!["ollama".into(), "openai".into(), "extractive".into()],
-            breaker_failures: 5,
-            breaker_open_s: 30,
-        },
-        crawler: CrawlerSettings {
-            interval_s: 6 * 3600,
-            categories: vec!["cs.LG".into()],
-        },
-    }
+    Settings::defaults(&events::Topics::new("").expect("topics"), "")
 }
 
 async fn store() -> (TestDatabase, Store) {

@@ -147,9 +147,41 @@ async fn each_service_does_its_work_as_its_own_user_and_nothing_else() {
     let users = Users::start();
     let topics = events::Topics::new("").expect("topics");
 
-    // crawler: publish papers (the relay's idempotent, replicated appends)
-    // and take turns at arXiv.
+    // Every service listens for settings changes; only the api announces.
+    for user in SERVICES {
+        let client = redis::Client::open(users.urls(user)[0].as_str()).expect("client");
+        let mut pubsub = client.get_async_pubsub().await.expect(user);
+        pubsub
+            .subscribe(settings::bus::CHANNEL)
+            .await
+            .unwrap_or_else(|e| panic!("{user} may listen for settings: {e}"));
+        let mut raw = users.raw(user).await;
+        let announce = redis::cmd("PUBLISH")
+            .arg(settings::bus::CHANNEL)
+            .arg(1)
+            .to_owned();
+        if user == "api" {
+            query(&mut raw, &announce).await.expect("the api announces");
+        } else {
+            assert_refused(
+                &format!("{user} announcing settings"),
+                query(&mut raw, &announce).await,
+            );
+        }
+    }
+
+    // crawler: create the summarizer's group (so backpressure counts it from
+    // the start), publish papers (the relay's idempotent, replicated
+    // appends) and take turns at arXiv.
     let crawler = users.streams("crawler").await;
+    streams::ensure_group(
+        &crawler,
+        topics.ingested.layout(),
+        "summarizer",
+        streams::StartFrom::Beginning,
+    )
+    .await
+    .expect("the crawler creates the summarizer's group");
     let publisher = Producer::new(
         crawler.clone(),
         ProducerConfig {

@@ -851,24 +851,32 @@ pub async fn change_settings(
     posted: Posted<SettingsChange>,
 ) -> ApiResult {
     require_admin(&user)?;
-    let scope = user_scope(&user);
+    let change = settings::store::Change {
+        settings: &posted.body.settings,
+        author: &user.email,
+        reason: posted.body.reason.trim(),
+        expected_version: posted.body.expected_version,
+    };
+    new_settings_version(&state, &user, &posted, async |tx| {
+        state.settings.change_in(tx, change).await
+    })
+    .await
+}
+
+/// Store a settings version (made by `make` in the request's transaction,
+/// with its idempotency record), then announce it.
+async fn new_settings_version<T>(
+    state: &AppState,
+    user: &User,
+    posted: &Posted<T>,
+    make: impl AsyncFnOnce(&mut PgConnection) -> settings::Result<i64>,
+) -> ApiResult {
+    let scope = user_scope(user);
     let mut tx = state.pool.begin().await?;
     if let Some(replay) = posted.claim(&mut tx, &scope).await? {
         return Ok(replay);
     }
-    let version = state
-        .settings
-        .change_in(
-            &mut tx,
-            settings::store::Change {
-                settings: &posted.body.settings,
-                author: &user.email,
-                reason: posted.body.reason.trim(),
-                expected_version: posted.body.expected_version,
-            },
-        )
-        .await
-        .map_err(settings_error)?;
+    let version = make(&mut tx).await.map_err(settings_error)?;
     let response = posted
         .answer(
             &mut tx,
@@ -900,31 +908,18 @@ pub async fn rollback_settings(
     posted: Posted<SettingsRollback>,
 ) -> ApiResult {
     require_admin(&user)?;
-    let scope = user_scope(&user);
-    let mut tx = state.pool.begin().await?;
-    if let Some(replay) = posted.claim(&mut tx, &scope).await? {
-        return Ok(replay);
-    }
     let reason = match posted.body.reason.trim() {
         "" => format!("rollback to version {}", posted.body.version),
         given => given.to_owned(),
     };
-    let version = state
-        .settings
-        .rollback_in(&mut tx, posted.body.version, &user.email, &reason)
-        .await
-        .map_err(settings_error)?;
-    let response = posted
-        .answer(
-            &mut tx,
-            &scope,
-            StatusCode::CREATED,
-            json!({ "version": version }),
-        )
-        .await?;
-    tx.commit().await?;
-    crate::runtime_settings::announce(&state.redis, version).await;
-    Ok(response)
+    let version = posted.body.version;
+    new_settings_version(&state, &user, &posted, async |tx| {
+        state
+            .settings
+            .rollback_in(tx, version, &user.email, &reason)
+            .await
+    })
+    .await
 }
 
 #[derive(OpenApi)]

@@ -116,11 +116,10 @@ async fn admins_change_settings_on_the_page_and_every_instance_applies_them() {
         topics.ingested.layout().tuning().capacity == 40_000
     })
     .await;
-    assert_eq!(
-        app.state.topics.email.layout().tuning().capacity,
-        40_000,
-        "the api retuned its own topics"
-    );
+    eventually("the api retunes its own topics", async || {
+        app.state.topics.email.layout().tuning().capacity == 40_000
+    })
+    .await;
     eventually("the page shows every instance converged", async || {
         admin
             .get("/admin/settings")
