@@ -201,6 +201,47 @@ pub async fn dead_letters(inspector: &Inspector, layout: &TopicLayout) -> anyhow
         .sum())
 }
 
+/// How many dead letters of the topic carry each reason (and error).
+pub async fn dead_letter_reasons(
+    inspector: &Inspector,
+    layout: &TopicLayout,
+) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
+    let mut reasons = std::collections::BTreeMap::new();
+    for p in &layout.partitions {
+        let mut cursor = None;
+        loop {
+            let page = inspector
+                .browse(
+                    layout,
+                    p.index,
+                    streams::inspect::Log::Dlq,
+                    streams::inspect::Direction::Forward,
+                    cursor,
+                    1000,
+                )
+                .await?;
+            for entry in &page.entries {
+                let field = |name: &str| {
+                    entry
+                        .fields
+                        .iter()
+                        .find(|(n, _)| n == name)
+                        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+                };
+                let reason = field("dlq.reason").unwrap_or_else(|| "none".into());
+                let error = field("dlq.error").unwrap_or_default();
+                let error: String = error.chars().take(120).collect();
+                *reasons.entry(format!("{reason}: {error}")).or_default() += 1;
+            }
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+    }
+    Ok(reasons)
+}
+
 /// Delete every key of a drill topic (streams, DLQs, leases, members, and
 /// the producers' and consumers' idempotency markers), on every master.
 pub async fn remove_topic(env: &Env, layout: &TopicLayout) -> anyhow::Result<()> {

@@ -232,6 +232,14 @@ impl Pipeline {
             .await?
             + harness::dead_letters(&inspector, self.topics.summarized.layout()).await?;
         report.detail("summaries_by_provider", self.summaries().await?);
+        let mut reasons =
+            harness::dead_letter_reasons(&inspector, self.topics.ingested.layout()).await?;
+        reasons.extend(
+            harness::dead_letter_reasons(&inspector, self.topics.summarized.layout()).await?,
+        );
+        if !reasons.is_empty() {
+            report.detail("dead_letter_reasons", reasons);
+        }
         report.detail("openai_calls", self.openai.calls());
         report.detail("arxiv_requests", self.arxiv.requests().len());
         for child in &mut self.summarizers {
@@ -479,7 +487,7 @@ async fn reader(
         call(http.get(format!("{base}/api/v1/feed")).bearer_auth(&token)).await?;
         tokio::select! {
             () = stop.cancelled() => {}
-            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
     }
     Ok(seen)
@@ -494,8 +502,8 @@ pub async fn load(env: &Env) -> anyhow::Result<Report> {
         "every paper is summarized and announced once, every reader gets each matching paper \
          in the inbox once, and the API answers every request without a server error",
     );
-    let papers = env.scale(600, 10_000) as usize;
-    let readers = env.scale(40, 400) as usize;
+    let papers = env.scale(600, 5_000) as usize;
+    let readers = env.scale(40, 100) as usize;
     let mut pipeline = Pipeline::start(env, "load", papers, Duration::from_millis(5)).await?;
     let smtp = fakes::smtp::FakeSmtp::start(fakes::smtp::SmtpBehaviour::default(), 0).await?;
     let secret = "drill-secret-drill-secret-drill-secret-0123";
@@ -572,7 +580,7 @@ pub async fn load(env: &Env) -> anyhow::Result<Report> {
         .await
         .unwrap_or(0)
     };
-    let delivered = harness::wait_until(Duration::from_secs(300), async || {
+    let delivered = harness::wait_until(Duration::from_secs(900), async || {
         in_app().await >= expected
     })
     .await;

@@ -195,6 +195,7 @@ impl Service {
                     },
                 ),
                 notifications: self.topics.notifications.clone(),
+                shutdown: shutdown.clone(),
             });
             let consumer = Consumer::new(
                 self.client.clone(),

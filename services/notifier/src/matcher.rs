@@ -148,6 +148,9 @@ pub struct Match {
     pub index: SharedIndex,
     pub producer: Producer,
     pub notifications: Topic<NotificationRequested>,
+    /// Ends a wait for room downstream when the service stops (the
+    /// message is then delivered again, to this or another instance).
+    pub shutdown: CancellationToken,
 }
 
 impl Match {
@@ -188,26 +191,50 @@ impl Match {
                 (user_id.to_string(), notification.message_id(), notification)
             })
             .collect();
-        let results = self
-            .producer
-            .send_batch(
-                &self.notifications,
-                notifications
-                    .iter()
-                    .map(|(key, id, n)| Outgoing::new(key, n).with_id(id)),
-            )
-            .await
-            .map_err(|e| Failure::Retry(format!("send notifications: {e}")))?;
-        let refused = results.iter().filter(|r| r.is_err()).count();
-        let sent = results.len() - refused;
-        metrics::counter!("matcher_notifications_total").increment(sent as u64);
-        if refused > 0 {
-            // The whole paper is handled again; the notifications already
-            // written are recognised by their ids and not written twice.
-            return Err(Failure::Retry(format!(
-                "{refused} of {} notifications refused (backpressure?)",
-                results.len()
-            )));
+        // A full downstream partition is backpressure, not a failure of
+        // this message: wait for room as long as it takes (which slows
+        // this consumer, and so the pipeline, down) instead of spending
+        // the message's attempts and dead-lettering it. Per key, the
+        // refused notifications are sent again in their order.
+        let mut pending: Vec<&(String, String, NotificationRequested)> =
+            notifications.iter().collect();
+        while !pending.is_empty() {
+            let results = self
+                .producer
+                .send_batch(
+                    &self.notifications,
+                    pending
+                        .iter()
+                        .map(|(key, id, n)| Outgoing::new(key, n).with_id(id)),
+                )
+                .await
+                .map_err(|e| Failure::Retry(format!("send notifications: {e}")))?;
+            let mut wait = None;
+            let mut refused = Vec::new();
+            for (notification, result) in pending.iter().zip(results) {
+                match result {
+                    Ok(_) => metrics::counter!("matcher_notifications_total").increment(1),
+                    Err(streams::Error::Backpressure(b)) => {
+                        wait = Some(wait.unwrap_or(b.retry_after).max(b.retry_after));
+                        refused.push(*notification);
+                    }
+                    Err(err) => {
+                        // The whole paper is handled again; notifications
+                        // already written are recognised by their ids.
+                        return Err(Failure::Retry(format!("send notifications: {err}")));
+                    }
+                }
+            }
+            pending = refused;
+            if let Some(wait) = wait {
+                metrics::counter!("matcher_backpressure_waits_total").increment(1);
+                tokio::select! {
+                    () = self.shutdown.cancelled() => {
+                        return Err(Failure::Retry("stopping while downstream is full".into()));
+                    }
+                    () = tokio::time::sleep(wait) => {}
+                }
+            }
         }
         Ok(())
     }
