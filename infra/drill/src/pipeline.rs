@@ -517,6 +517,23 @@ pub async fn load(env: &Env) -> anyhow::Result<Report> {
         ..api::Config::default()
     };
     let state = api::AppState::connect(&api_config).await?;
+    // Through the config bus: room for only a few thousand notifications
+    // downstream, so the matcher meets backpressure and must wait, not
+    // dead-letter (the services apply this version when they start).
+    let notification_capacity = env.scale(10, 2_000);
+    let mut tuned = settings::Settings::defaults(&pipeline.topics, &pipeline.prefix);
+    if let Some(topic) = tuned.topics.get_mut(events::NotificationRequested::TOPIC) {
+        topic.capacity = notification_capacity;
+    }
+    state
+        .settings
+        .change(settings::store::Change {
+            settings: &tuned,
+            author: "drill",
+            reason: "a small notification.requested, to meet backpressure",
+            expected_version: None,
+        })
+        .await?;
     let (bound_tx, bound) = tokio::sync::oneshot::channel();
     let serving = tokio::spawn(api::serve(
         state,
@@ -580,10 +597,18 @@ pub async fn load(env: &Env) -> anyhow::Result<Report> {
         .await
         .unwrap_or(0)
     };
-    let delivered = harness::wait_until(Duration::from_secs(900), async || {
-        in_app().await >= expected
+    // A dead-lettered paper's deliveries never come: stop waiting then.
+    let inspector = Inspector::new(env.client.clone());
+    let given_up = async || {
+        harness::dead_letters(&inspector, pipeline.topics.summarized.layout())
+            .await
+            .is_ok_and(|n| n > 0)
+    };
+    harness::wait_until(Duration::from_secs(900), async || {
+        in_app().await >= expected || given_up().await
     })
     .await;
+    let delivered = in_app().await >= expected;
     report.recovered_after(started.elapsed());
     report.peak_lag = lag_watch.finish().await;
     reading_stop.cancel();
@@ -603,6 +628,7 @@ pub async fn load(env: &Env) -> anyhow::Result<Report> {
     };
     let in_app_deliveries = in_app().await;
     report.detail("readers", readers);
+    report.detail("notification_capacity_per_partition", notification_capacity);
     report.detail(
         "papers_per_second",
         (papers as f64 / all_summarized_after.as_secs_f64() * 10.0).round() / 10.0,
