@@ -201,12 +201,13 @@ pub async fn dead_letters(inspector: &Inspector, layout: &TopicLayout) -> anyhow
         .sum())
 }
 
-/// How many dead letters of the topic carry each reason (and error).
-pub async fn dead_letter_reasons(
+/// Every entry of the topic's streams or DLQs, partition by partition.
+pub async fn entries(
     inspector: &Inspector,
     layout: &TopicLayout,
-) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
-    let mut reasons = std::collections::BTreeMap::new();
+    log: streams::inspect::Log,
+) -> anyhow::Result<Vec<streams::RawEntry>> {
+    let mut all = Vec::new();
     for p in &layout.partitions {
         let mut cursor = None;
         loop {
@@ -214,30 +215,50 @@ pub async fn dead_letter_reasons(
                 .browse(
                     layout,
                     p.index,
-                    streams::inspect::Log::Dlq,
+                    log,
                     streams::inspect::Direction::Forward,
                     cursor,
                     1000,
                 )
                 .await?;
-            for entry in &page.entries {
-                let field = |name: &str| {
-                    entry
-                        .fields
-                        .iter()
-                        .find(|(n, _)| n == name)
-                        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-                };
-                let reason = field("dlq.reason").unwrap_or_else(|| "none".into());
-                let error = field("dlq.error").unwrap_or_default();
-                let error: String = error.chars().take(120).collect();
-                *reasons.entry(format!("{reason}: {error}")).or_default() += 1;
-            }
+            all.extend(page.entries);
             match page.next {
                 Some(next) => cursor = Some(next),
                 None => break,
             }
         }
+    }
+    Ok(all)
+}
+
+/// How many dead letters of the topic carry each reason; with
+/// `with_error`, reason and error.
+pub async fn dead_letter_reasons(
+    inspector: &Inspector,
+    layout: &TopicLayout,
+    with_error: bool,
+) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
+    let mut reasons = std::collections::BTreeMap::new();
+    for entry in entries(inspector, layout, streams::inspect::Log::Dlq).await? {
+        let field = |name: &str| {
+            entry
+                .fields
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        };
+        let reason = field("dlq.reason").unwrap_or_else(|| "none".into());
+        let key = if with_error {
+            let error: String = field("dlq.error")
+                .unwrap_or_default()
+                .chars()
+                .take(120)
+                .collect();
+            format!("{reason}: {error}")
+        } else {
+            reason
+        };
+        *reasons.entry(key).or_default() += 1;
     }
     Ok(reasons)
 }

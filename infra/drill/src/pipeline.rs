@@ -16,7 +16,7 @@ use fakes::{
     arxiv::{FakeArxiv, corpus, day},
     llm::{Behaviour, FakeLlm},
 };
-use streams::{Inspector, inspect::Direction, inspect::Log};
+use streams::{Inspector, inspect::Log};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -168,31 +168,9 @@ impl Pipeline {
     async fn announced(&self, env: &Env) -> anyhow::Result<(u64, u64)> {
         let inspector = Inspector::new(env.client.clone());
         let layout = self.topics.summarized.layout();
-        let (mut entries, mut ids) = (0_u64, HashSet::new());
-        for p in &layout.partitions {
-            let mut cursor = None;
-            loop {
-                let page = inspector
-                    .browse(
-                        layout,
-                        p.index,
-                        Log::Stream,
-                        Direction::Forward,
-                        cursor,
-                        1000,
-                    )
-                    .await?;
-                for entry in &page.entries {
-                    entries += 1;
-                    ids.insert(entry.message_id().to_owned());
-                }
-                match page.next {
-                    Some(next) => cursor = Some(next),
-                    None => break,
-                }
-            }
-        }
-        Ok((entries, ids.len() as u64))
+        let entries = harness::entries(&inspector, layout, Log::Stream).await?;
+        let ids: HashSet<&str> = entries.iter().map(|e| e.message_id()).collect();
+        Ok((entries.len() as u64, ids.len() as u64))
     }
 
     /// Watch the summarizers' lag on `paper.ingested`.
@@ -233,9 +211,9 @@ impl Pipeline {
             + harness::dead_letters(&inspector, self.topics.summarized.layout()).await?;
         report.detail("summaries_by_provider", self.summaries().await?);
         let mut reasons =
-            harness::dead_letter_reasons(&inspector, self.topics.ingested.layout()).await?;
+            harness::dead_letter_reasons(&inspector, self.topics.ingested.layout(), true).await?;
         reasons.extend(
-            harness::dead_letter_reasons(&inspector, self.topics.summarized.layout()).await?,
+            harness::dead_letter_reasons(&inspector, self.topics.summarized.layout(), true).await?,
         );
         if !reasons.is_empty() {
             report.detail("dead_letter_reasons", reasons);

@@ -186,28 +186,7 @@ pub async fn poison(env: &Env) -> anyhow::Result<Report> {
     let still_running = !consuming.is_finished();
     stop.cancel();
     consuming.await??;
-    let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
-    for p in &topic.layout().partitions {
-        let page = inspector
-            .browse(
-                topic.layout(),
-                p.index,
-                streams::inspect::Log::Dlq,
-                streams::inspect::Direction::Forward,
-                None,
-                1000,
-            )
-            .await?;
-        for entry in page.entries {
-            let reason = entry
-                .fields
-                .iter()
-                .find(|(name, _)| name == "dlq.reason")
-                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-                .unwrap_or_else(|| "none".into());
-            *reasons.entry(reason).or_default() += 1;
-        }
-    }
+    let reasons = harness::dead_letter_reasons(&inspector, topic.layout(), false).await?;
     report.sent = good + injected;
     report.processed = tally.processed();
     report.duplicates = tally.duplicates();
