@@ -4,9 +4,12 @@
 //! 1. raw pipelined XADD with `redis-benchmark` (one process per master,
 //!    concurrently, into the same stream keys the runtime uses);
 //! 2. this runtime's produce throughput (batches, capacity check in Lua);
-//! 3. end-to-end throughput: produce, consume in order across 6 partitions,
+//! 3. the same end to end with bare commands, as the reference for the next:
+//!    pipelined XADD, XREADGROUP and XACK per partition, one connection per
+//!    master, no envelope, no capacity check, no leases, no decoding;
+//! 4. end-to-end throughput: produce, consume in order across 6 partitions,
 //!    acknowledge;
-//! 4. memory per partition and how used memory spreads over the masters.
+//! 5. memory per partition and how used memory spreads over the masters.
 //!
 //! It prints the figures and ratios and writes them to
 //! `target/bench/streams.json`. Set `BENCH_MESSAGES` to change the load
@@ -22,6 +25,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use streams::{
     Batch, ClientConfig, Consumer, ConsumerConfig, Event, Inspector, Outgoing, Producer,
@@ -90,9 +94,14 @@ struct Report {
     raw_pipelined_xadd_per_s: f64,
     produce_per_s: f64,
     produce_ratio_to_raw: f64,
+    /// Bare XADD → XREADGROUP → XACK over the same 6 partitions: what Redis
+    /// itself allows end to end on this machine.
+    raw_end_to_end_per_s: f64,
     end_to_end_per_s: f64,
+    end_to_end_ratio_to_raw_end_to_end: f64,
     end_to_end_in_order: bool,
     raw_cpu: CpuUse,
+    raw_end_to_end_cpu: CpuUse,
     /// Server time per command over the end-to-end run, all nodes:
     /// `(calls, usec)`; commands run inside scripts count on their own.
     end_to_end_commands: BTreeMap<String, (u64, u64)>,
@@ -164,6 +173,11 @@ async fn run(cluster: &RedisCluster, total: u64) -> anyhow::Result<Report> {
         let _: i64 = redis_del(&client, &keys.stream).await?;
     }
 
+    let cpu = CpuMeter::start(&client).await?;
+    let raw_end_to_end = raw_end_to_end(&client, total, payload_bytes).await?;
+    let raw_end_to_end_cpu = cpu.stop(&client).await?;
+    eprintln!("raw end to end: {raw_end_to_end:.0}/s; cpu {raw_end_to_end_cpu:?}");
+
     reset_command_stats(&client).await?;
     let cpu = CpuMeter::start(&client).await?;
     let (end_to_end, in_order) = end_to_end(&client, total).await?;
@@ -172,7 +186,10 @@ async fn run(cluster: &RedisCluster, total: u64) -> anyhow::Result<Report> {
     for (command, (calls, usec)) in &end_to_end_commands {
         eprintln!("  {command:<24} calls {calls:>9} usec {usec:>10}");
     }
-    eprintln!("end to end: {end_to_end:.0}/s, in order: {in_order}; cpu {end_to_end_cpu:?}");
+    eprintln!(
+        "end to end: {end_to_end:.0}/s ({:.2} x raw end to end), in order: {in_order}; cpu {end_to_end_cpu:?}",
+        end_to_end / raw_end_to_end
+    );
 
     Ok(Report {
         messages: total,
@@ -180,9 +197,12 @@ async fn run(cluster: &RedisCluster, total: u64) -> anyhow::Result<Report> {
         raw_pipelined_xadd_per_s: raw,
         produce_per_s: produce,
         produce_ratio_to_raw: produce / raw,
+        raw_end_to_end_per_s: raw_end_to_end,
         end_to_end_per_s: end_to_end,
+        end_to_end_ratio_to_raw_end_to_end: end_to_end / raw_end_to_end,
         end_to_end_in_order: in_order,
         raw_cpu,
+        raw_end_to_end_cpu,
         end_to_end_commands,
         produce_cpu,
         end_to_end_cpu,
@@ -255,6 +275,115 @@ async fn raw_xadd(client: &StreamsClient, total: u64, payload_bytes: usize) -> a
         let _: i64 = redis_del(client, stream).await?;
     }
     Ok(rate)
+}
+
+/// The end-to-end loop with bare commands: per partition, one task appends
+/// pipelined XADDs (1,000 per round trip) while another reads with
+/// XREADGROUP (5,000 per call) and acknowledges what it read with one XACK,
+/// each on its own connection to the partition's master. Entries have the
+/// runtime's shape and size. Nothing is decoded, checked or trimmed, so this
+/// is the ceiling the runtime's end-to-end figure is measured against.
+async fn raw_end_to_end(
+    client: &StreamsClient,
+    total: u64,
+    payload_bytes: usize,
+) -> anyhow::Result<f64> {
+    let raw_topic = topic("bench.raw-e2e", total)?;
+    streams::ensure_group(client, raw_topic.layout(), "raw", StartFrom::Beginning).await?;
+    let placement = client.placement(raw_topic.layout()).await?;
+    let per_partition = total / u64::from(PARTITIONS);
+    let data = "x".repeat(payload_bytes);
+    let meta = "0192f1c2a4b57c3e9d6f0a1b2c3d4e5f 1 1763770000000 0 2611.00001";
+    let mut tasks = tokio::task::JoinSet::new();
+    let started = Instant::now();
+    for (partition, _, master) in &placement.partitions {
+        let stream = raw_topic.layout().partitions[usize::from(*partition)]
+            .stream
+            .clone();
+        let node = redis::Client::open(format!("redis://{master}"))?;
+        let mut writer = node.get_multiplexed_async_connection().await?;
+        let mut reader = node.get_multiplexed_async_connection().await?;
+        let (key, data) = (stream.clone(), data.clone());
+        tasks.spawn(async move {
+            let mut sent = 0;
+            while sent < per_partition {
+                let round = (per_partition - sent).min(1_000);
+                let mut pipe = redis::pipe();
+                for _ in 0..round {
+                    pipe.cmd("XADD")
+                        .arg(&key)
+                        .arg("*")
+                        .arg("meta")
+                        .arg(meta)
+                        .arg("data")
+                        .arg(&data)
+                        .ignore();
+                }
+                let () = pipe.query_async(&mut writer).await?;
+                sent += round;
+            }
+            Ok::<_, redis::RedisError>(())
+        });
+        tasks.spawn(async move {
+            let mut acked = 0;
+            let options = redis::streams::StreamReadOptions::default()
+                .group("raw", "reader")
+                .count(5_000)
+                .block(100);
+            while acked < per_partition {
+                // Only the ids are taken from the reply, without building
+                // a map per entry, so the reference spends as little
+                // client time as it can.
+                let reply: redis::Value =
+                    reader.xread_options(&[&stream], &[">"], &options).await?;
+                let ids = entry_ids(reply);
+                if ids.is_empty() {
+                    continue;
+                }
+                let _: u64 = reader.xack(&stream, "raw", &ids).await?;
+                acked += ids.len() as u64;
+            }
+            Ok(())
+        });
+    }
+    while let Some(task) = tasks.join_next().await {
+        task??;
+    }
+    let rate = (per_partition * u64::from(PARTITIONS)) as f64 / started.elapsed().as_secs_f64();
+    for keys in &raw_topic.layout().partitions {
+        let _: i64 = redis_del(client, &keys.stream).await?;
+    }
+    Ok(rate)
+}
+
+/// The entry ids of an XREADGROUP reply for one stream:
+/// `[[stream, [[id, fields], ...]]]`, or a map in RESP3.
+fn entry_ids(reply: redis::Value) -> Vec<Vec<u8>> {
+    let streams = match reply {
+        redis::Value::Array(streams) => streams
+            .into_iter()
+            .filter_map(|s| match s {
+                redis::Value::Array(mut pair) if pair.len() == 2 => pair.pop(),
+                _ => None,
+            })
+            .collect(),
+        redis::Value::Map(streams) => streams.into_iter().map(|(_, entries)| entries).collect(),
+        _ => Vec::new(),
+    };
+    streams
+        .into_iter()
+        .flat_map(|entries| match entries {
+            redis::Value::Array(entries) => entries,
+            _ => Vec::new(),
+        })
+        .filter_map(|entry| match entry {
+            redis::Value::Array(mut parts) if !parts.is_empty() => match parts.swap_remove(0) {
+                redis::Value::BulkString(id) => Some(id),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
 }
 
 /// Produce in key order while a consumer group of one process handles all
