@@ -119,6 +119,7 @@ impl Store {
     }
 
     /// Make version `version`'s settings current again, as a new version.
+    /// An empty `reason` is recorded as "rollback to version N".
     pub async fn rollback(&self, version: i64, author: &str, reason: &str) -> Result<i64> {
         let mut tx = self.pool.begin().await?;
         let restored = self.rollback_in(&mut tx, version, author, reason).await?;
@@ -138,6 +139,14 @@ impl Store {
             .version(version)
             .await?
             .ok_or(Error::NoSuchVersion(version))?;
+        let default_reason;
+        let reason = match reason.trim() {
+            "" => {
+                default_reason = format!("rollback to version {version}");
+                &default_reason
+            }
+            given => given,
+        };
         insert(
             tx,
             Change {

@@ -257,6 +257,14 @@ async fn rollback_restores_an_old_version_as_a_new_one_and_stale_edits_are_refus
         .map(|v| v.version)
         .collect();
     assert_eq!(history, [3, 2, 1]);
+    assert_eq!(latest.reason, "capacity too high");
+    let unexplained = store
+        .rollback(second, "oncall@example.com", "  ")
+        .await
+        .expect("rollback without a reason");
+    let latest = store.latest().await.expect("latest").expect("a version");
+    assert_eq!(latest.version, unexplained);
+    assert_eq!(latest.reason, format!("rollback to version {second}"));
     assert!(matches!(
         store.rollback(99, "ops@example.com", "").await,
         Err(Error::NoSuchVersion(99))

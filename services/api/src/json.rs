@@ -908,15 +908,11 @@ pub async fn rollback_settings(
     posted: Posted<SettingsRollback>,
 ) -> ApiResult {
     require_admin(&user)?;
-    let reason = match posted.body.reason.trim() {
-        "" => format!("rollback to version {}", posted.body.version),
-        given => given.to_owned(),
-    };
-    let version = posted.body.version;
+    let (version, reason) = (posted.body.version, &posted.body.reason);
     new_settings_version(&state, &user, &posted, async |tx| {
         state
             .settings
-            .rollback_in(tx, version, &user.email, &reason)
+            .rollback_in(tx, version, &user.email, reason)
             .await
     })
     .await

@@ -155,30 +155,23 @@ async fn settings_command(state: &api::AppState, action: SettingsAction) -> anyh
                 .with_context(|| format!("read {}", file.display()))?;
             let document: settings::Settings = serde_json::from_str(&text)
                 .with_context(|| format!("{} is not a settings document", file.display()))?;
-            state
-                .settings
-                .change(settings::store::Change {
+            api::runtime_settings::change(
+                state,
+                settings::store::Change {
                     settings: &document,
                     author: &author,
                     reason: &reason,
                     expected_version,
-                })
-                .await?
+                },
+            )
+            .await?
         }
         SettingsAction::Rollback {
             version,
             author,
             reason,
-        } => {
-            let reason = if reason.is_empty() {
-                format!("rollback to version {version}")
-            } else {
-                reason
-            };
-            state.settings.rollback(version, &author, &reason).await?
-        }
+        } => api::runtime_settings::rollback(state, version, &author, &reason).await?,
     };
-    api::runtime_settings::announce(&state.redis, version).await;
     println!("version {version} stored and announced");
     Ok(())
 }

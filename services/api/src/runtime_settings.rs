@@ -55,6 +55,28 @@ pub async fn overview(state: &AppState) -> Result<Overview> {
     })
 }
 
+/// Store a change, then announce it.
+pub async fn change(
+    state: &AppState,
+    change: settings::store::Change<'_>,
+) -> settings::Result<i64> {
+    let version = state.settings.change(change).await?;
+    announce(&state.redis, version).await;
+    Ok(version)
+}
+
+/// Restore `version`'s settings as a new version, then announce it.
+pub async fn rollback(
+    state: &AppState,
+    version: i64,
+    author: &str,
+    reason: &str,
+) -> settings::Result<i64> {
+    let restored = state.settings.rollback(version, author, reason).await?;
+    announce(&state.redis, restored).await;
+    Ok(restored)
+}
+
 /// Tell every instance that `version` exists. Failing to is not fatal:
 /// each instance finds the version at its next periodic check.
 pub async fn announce(redis: &redis::cluster::ClusterClient, version: i64) {

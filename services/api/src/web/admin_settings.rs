@@ -95,18 +95,18 @@ pub async fn change(
             return render(&state, admin.chrome, submitted, None, vec![problem]).await;
         }
     };
-    let outcome = state
-        .settings
-        .change(Change {
+    let outcome = runtime_settings::change(
+        &state,
+        Change {
             settings: &parsed,
             author: &admin.user.email,
             reason: form.reason.trim(),
             expected_version: Some(form.expected_version),
-        })
-        .await;
+        },
+    )
+    .await;
     match outcome {
         Ok(version) => {
-            runtime_settings::announce(&state.redis, version).await;
             let message = format!("Version {version} saved; the running instances apply it now.");
             render(&state, admin.chrome, None, Some(message), Vec::new()).await
         }
@@ -133,18 +133,8 @@ pub async fn rollback(
     admin: AdminViewer,
     Form(form): Form<RollbackForm>,
 ) -> PageResult {
-    let reason = if form.reason.trim().is_empty() {
-        format!("rollback to version {}", form.version)
-    } else {
-        form.reason.trim().to_owned()
-    };
-    match state
-        .settings
-        .rollback(form.version, &admin.user.email, &reason)
-        .await
-    {
+    match runtime_settings::rollback(&state, form.version, &admin.user.email, &form.reason).await {
         Ok(version) => {
-            runtime_settings::announce(&state.redis, version).await;
             let message = format!(
                 "Version {version} restores version {}; the running instances apply it now.",
                 form.version
