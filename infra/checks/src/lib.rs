@@ -4,7 +4,9 @@
 //! compiles them, so they drift from the code silently. This crate's tests
 //! hold them to it on real servers: the Redis users of
 //! `infra/redis/users.acl` let each service do its work and nothing else,
-//! and the compose file builds, exposes and configures what really exists.
+//! the compose file builds, exposes and configures what really exists, and
+//! the Grafana dashboards query valid PromQL through the provisioned
+//! datasource.
 
 use std::path::{Path, PathBuf};
 

@@ -2,8 +2,8 @@
 //! no Docker needed: every build context, Dockerfile and build target
 //! exists, every mounted file exists, published ports are unique, services
 //! depend only on services that exist, each of our services is given only
-//! environment variables its configuration reads, and Prometheus scrapes
-//! each service where it listens.
+//! environment variables its configuration reads, Prometheus scrapes each
+//! service where it listens, and images are pinned.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -146,6 +146,27 @@ fn mounted_files_and_scripts_exist() {
             &std::fs::metadata(&path).expect("script").permissions(),
         );
         assert!(mode & 0o111 != 0, "{path:?} is not executable");
+    }
+}
+
+/// Images are pinned to a release, so that `docker compose up` starts the
+/// same system next month: no `latest`, no missing tag.
+#[test]
+fn images_are_pinned_to_a_release() {
+    let compose = load("docker-compose.yml");
+    for (name, service) in services(&compose) {
+        let Some(image) = service["image"].as_str() else {
+            continue;
+        };
+        let tag = image
+            .rsplit_once('/')
+            .map_or(image, |(_, last)| last)
+            .split_once(':')
+            .map(|(_, tag)| tag);
+        assert!(
+            tag.is_some_and(|t| !t.is_empty() && t != "latest"),
+            "{name}: image {image} is not pinned to a release"
+        );
     }
 }
 
