@@ -79,6 +79,35 @@ pub fn env_names<T: Serialize>(defaults: &T, aliases: &[(&str, &str)]) -> Vec<St
     names
 }
 
+/// `url` with the password of its user info replaced by `***`, for logs:
+/// `redis://api:secret@redis-1:6379` becomes `redis://api:***@redis-1:6379`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let Some((user_info, host)) = authority.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match user_info.split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***@{host}{path}"),
+        None => url.to_owned(),
+    }
+}
+
+/// Connection URLs as configuration `Debug` output shows them: passwords
+/// replaced (see [`redact_url`]).
+pub struct RedactedUrls<'a>(pub &'a [String]);
+
+impl std::fmt::Debug for RedactedUrls<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|url| redact_url(url)))
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,6 +141,36 @@ mod tests {
                 "PAPERSTREAM_TOKEN",
                 "RUST_LOG",
             ]
+        );
+    }
+
+    #[test]
+    fn passwords_are_redacted_from_urls() {
+        assert_eq!(
+            redact_url("redis://api:s3cr%40t@redis-1:6379"),
+            "redis://api:***@redis-1:6379"
+        );
+        assert_eq!(
+            redact_url("redis://:only-password@127.0.0.1:7101/"),
+            "redis://:***@127.0.0.1:7101/"
+        );
+        assert_eq!(
+            redact_url("postgres://paperstream:pw@db/paperstream?sslmode=disable"),
+            "postgres://paperstream:***@db/paperstream?sslmode=disable"
+        );
+        assert_eq!(
+            redact_url("postgres://postgres@127.0.0.1:55432/paperstream"),
+            "postgres://postgres@127.0.0.1:55432/paperstream"
+        );
+        assert_eq!(
+            redact_url("redis://127.0.0.1:7101"),
+            "redis://127.0.0.1:7101"
+        );
+        assert_eq!(redact_url("not a url"), "not a url");
+        let urls = vec!["redis://u:p@h:1".to_owned(), "redis://h:2".to_owned()];
+        assert_eq!(
+            format!("{:?}", RedactedUrls(&urls)),
+            r#"["redis://u:***@h:1", "redis://h:2"]"#
         );
     }
 }

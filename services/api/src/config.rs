@@ -36,10 +36,10 @@ pub struct Config {
 }
 
 impl std::fmt::Debug for Config {
-    // The secret stays out of logs.
+    // The secret and passwords stay out of logs.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
-            .field("redis_urls", &self.redis_urls)
+            .field("redis_urls", &ops::config::RedactedUrls(&self.redis_urls))
             .field("topic_prefix", &self.topic_prefix)
             .field("secret", &self.secret.as_ref().map(|_| "<set>"))
             .field("public_url", &self.public_url)

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::Path};
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Config {
     #[serde(deserialize_with = "ops::config::list")]
     pub redis_urls: Vec<String>,
@@ -30,6 +30,22 @@ impl Default for Config {
             ops_addr: ([127, 0, 0, 1], 9105).into(),
             database_url: None,
         }
+    }
+}
+
+impl std::fmt::Debug for Config {
+    // Passwords in the URLs stay out of logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("redis_urls", &ops::config::RedactedUrls(&self.redis_urls))
+            .field("topic_prefix", &self.topic_prefix)
+            .field("interval_s", &self.interval_s)
+            .field("ops_addr", &self.ops_addr)
+            .field(
+                "database_url",
+                &self.database_url.as_deref().map(ops::config::redact_url),
+            )
+            .finish()
     }
 }
 

@@ -21,6 +21,10 @@ pub struct Config {
     pub public_url: String,
     pub smtp: SmtpConfig,
     pub http_timeout_s: u64,
+    /// Let webhook hosts resolve to loopback and private addresses (the
+    /// demo's fake receivers). Never in production: the URLs come from
+    /// users, and must not reach into our network.
+    pub allow_private_targets: bool,
     /// Failed calls that open a channel's breaker (once they are 90% of
     /// the recent ones), and how long it stays open.
     pub breaker_failures: u32,
@@ -41,13 +45,14 @@ impl std::fmt::Debug for Config {
     // The secret and the SMTP password stay out of logs.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
-            .field("redis_urls", &self.redis_urls)
+            .field("redis_urls", &ops::config::RedactedUrls(&self.redis_urls))
             .field("topic_prefix", &self.topic_prefix)
             .field("secret", &self.secret.as_ref().map(|_| "<set>"))
             .field("public_url", &self.public_url)
             .field("smtp", &self.smtp)
             .field("roles", &self.roles)
             .field("ops_addr", &self.ops_addr)
+            .field("allow_private_targets", &self.allow_private_targets)
             .finish_non_exhaustive()
     }
 }
@@ -72,6 +77,7 @@ impl Default for Config {
                 timeout_s: 20,
             },
             http_timeout_s: 10,
+            allow_private_targets: false,
             breaker_failures: 5,
             breaker_open_s: 15,
             roles: ALL_ROLES.iter().map(|r| (*r).to_owned()).collect(),
