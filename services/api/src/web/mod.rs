@@ -375,8 +375,12 @@ fn form_page_for(path: &str) -> String {
 }
 
 /// Only paths on this site, so that `next` cannot send people elsewhere.
+/// Browsers drop tabs and newlines inside URLs and read `\` as `/`, so
+/// `/\t/evil.example` would become `//evil.example`: only visible ASCII
+/// without backslashes is accepted (anything else arrives percent-encoded).
 pub fn local_path(next: &str) -> Option<&str> {
-    (next.starts_with('/') && !next.starts_with("//") && !next.contains('\\')).then_some(next)
+    let visible = next.bytes().all(|b| b.is_ascii_graphic() && b != b'\\');
+    (visible && next.starts_with('/') && !next.starts_with("//")).then_some(next)
 }
 
 pub fn encode(text: &str) -> String {
@@ -407,6 +411,11 @@ mod tests {
             "https://evil.example",
             "//evil.example",
             "/\\evil.example",
+            "/\t/evil.example",
+            "/\n/evil.example",
+            "/\r\n/evil.example",
+            "/ /evil.example",
+            "/feed\u{a0}",
             "",
         ] {
             assert_eq!(local_path(bad), None, "{bad}");
