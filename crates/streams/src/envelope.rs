@@ -342,11 +342,19 @@ fn bytes(value: Value) -> Result<Vec<u8>, Error> {
     }
 }
 
+/// An entry's fields. Names are decoded leniently: an entry some other
+/// writer gave a name that is not UTF-8 must fail on its own (and go to the
+/// DLQ as undecodable), not make the whole reply unreadable, which would
+/// strand every entry read with it.
 fn pairs(flat: Vec<Value>) -> Result<Vec<(String, Vec<u8>)>, Error> {
     let mut out = Vec::with_capacity(flat.len() / 2);
     let mut it = flat.into_iter();
     while let (Some(name), Some(value)) = (it.next(), it.next()) {
-        out.push((text(name)?, bytes(value)?));
+        let name = match bytes(name)? {
+            name if name.is_ascii() => String::from_utf8(name).unwrap_or_default(),
+            name => String::from_utf8_lossy(&name).into_owned(),
+        };
+        out.push((name, bytes(value)?));
     }
     Ok(out)
 }

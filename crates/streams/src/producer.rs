@@ -277,7 +277,8 @@ impl Producer {
                 let mut cmd = evalsha(&scripts::PRODUCE_ONCE, &marker_keys);
                 cmd.arg(layout.tuning().capacity)
                     .arg(Encoded::WIDTH)
-                    .arg(ttl.as_millis() as u64);
+                    // `PX 0` would fail after the first append took effect.
+                    .arg(ttl.as_millis().max(1) as u64);
                 (&*scripts::PRODUCE_ONCE, cmd)
             }
         };

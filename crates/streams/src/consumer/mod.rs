@@ -117,6 +117,10 @@ pub struct ConsumerConfig {
     pub maintenance_interval: Duration,
 }
 
+/// A zero heartbeat would make the ticker panic; anything this short is a
+/// mistake, so it is raised to this.
+const MIN_HEARTBEAT: Duration = Duration::from_millis(10);
+
 impl ConsumerConfig {
     pub fn new(group: impl Into<String>) -> Self {
         let lease_ttl = Duration::from_secs(10);
@@ -322,7 +326,7 @@ impl<T: Event, H: Handler<T>> Consumer<T, H> {
             }
             Err(err) => tracing::warn!(%err, "could not check the partitions' placement"),
         }
-        let mut ticker = tokio::time::interval(self.shared.config.heartbeat);
+        let mut ticker = tokio::time::interval(self.shared.config.heartbeat.max(MIN_HEARTBEAT));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -338,13 +342,18 @@ impl<T: Event, H: Handler<T>> Consumer<T, H> {
         Ok(())
     }
 
+    /// One heartbeat: renew the leases held, learn the members, hand over
+    /// and take partitions. Every call is bounded by a heartbeat, renewals
+    /// run beside the membership call and acquisitions all at once, so a
+    /// tick lasts at most two heartbeats however many calls hang on an
+    /// unreachable node, and leases on healthy nodes are renewed in time.
     async fn tick(&mut self) {
         self.reap_finished().await;
-        let members = match self.membership("join").await {
+        let (members, ()) = tokio::join!(self.membership("join"), self.renew_leases());
+        let members = match members {
             Ok(members) => members,
             Err(err) => {
                 tracing::warn!(%err, "heartbeat failed; keeping current partitions while the leases last");
-                self.renew_leases().await;
                 return;
             }
         };
@@ -360,12 +369,11 @@ impl<T: Event, H: Handler<T>> Consumer<T, H> {
                 owned.stop.cancel();
             }
         }
-        self.renew_leases().await;
-        for partition in wanted {
-            if !self.owned.contains_key(&partition) {
-                self.try_acquire(partition).await;
-            }
-        }
+        let missing: Vec<u16> = wanted
+            .into_iter()
+            .filter(|partition| !self.owned.contains_key(partition))
+            .collect();
+        self.acquire(missing).await;
     }
 
     async fn membership(&self, mode: &str) -> Result<Vec<String>> {
@@ -439,14 +447,36 @@ impl<T: Event, H: Handler<T>> Consumer<T, H> {
         Ok(held == 1)
     }
 
-    async fn try_acquire(&mut self, partition: u16) {
+    /// Try to lease each of `partitions`, all at once, and start a worker
+    /// for each lease taken.
+    async fn acquire(&mut self, partitions: Vec<u16>) {
         let me = self.shared.config.consumer_name.clone();
         let ttl = self.shared.config.lease_ttl;
-        let sent = Instant::now();
-        match self
-            .lease_call(&scripts::LEASE_ACQUIRE, partition, &me, ttl)
-            .await
-        {
+        let this = &*self;
+        let attempts = partitions.into_iter().map(|partition| {
+            let me = &me;
+            async move {
+                let sent = Instant::now();
+                let result = this
+                    .lease_call(&scripts::LEASE_ACQUIRE, partition, me, ttl)
+                    .await;
+                (partition, sent, result)
+            }
+        });
+        let results = join_all(attempts).await;
+        for (partition, sent, result) in results {
+            self.start_if_acquired(partition, sent, ttl, result);
+        }
+    }
+
+    fn start_if_acquired(
+        &mut self,
+        partition: u16,
+        sent: Instant,
+        ttl: Duration,
+        acquired: Result<bool>,
+    ) {
+        match acquired {
             Ok(true) => {
                 let lease = Arc::new(LeaseClock::new(self.epoch));
                 lease.renewed(sent, usable_lease(ttl));
@@ -489,7 +519,7 @@ impl<T: Event, H: Handler<T>> Consumer<T, H> {
         for owned in self.owned.values() {
             owned.stop.cancel();
         }
-        let mut ticker = tokio::time::interval(self.shared.config.heartbeat);
+        let mut ticker = tokio::time::interval(self.shared.config.heartbeat.max(MIN_HEARTBEAT));
         while self.owned.values().any(|o| !o.task.is_finished()) {
             tokio::select! {
                 _ = ticker.tick() => self.renew_leases().await,

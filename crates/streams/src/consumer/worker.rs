@@ -486,6 +486,11 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
     /// each counted as its next delivery in Redis first. `RETRYCOUNT` sets
     /// the count, so repeating it after an error changes nothing.
     async fn promote_due_retries(&mut self) -> Result<()> {
+        // XCLAIM takes an entry from whoever holds it: after the lease ran
+        // out that may be the partition's next owner.
+        if !self.lease.is_valid() {
+            return Ok(());
+        }
         let now = Instant::now();
         while self
             .timers
@@ -524,8 +529,15 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
             if ids.is_empty() {
                 // No longer pending here: deleted from the stream (lost), or
                 // acknowledged by whoever took the partition meanwhile.
-                if self.entry(entry_id).await?.is_none() {
-                    self.report_lost(1, Some(&entry_id));
+                match self.entry(entry_id).await {
+                    Ok(None) => self.report_lost(1, Some(&entry_id)),
+                    Ok(Some(_)) => {}
+                    Err(err) => {
+                        // Keep the key's timer, or nothing would ever
+                        // release the key: the next step looks again.
+                        self.timers.push(Reverse((at, key)));
+                        return Err(err);
+                    }
                 }
                 if let Some(blocked) = self.blocked.get_mut(&key) {
                     blocked.queue.pop_front();
@@ -590,7 +602,9 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
                 });
             }
         };
-        parse_read(reply)
+        // Entries in a reply that cannot be read are pending here all the
+        // same; a new reader looks for them, as after a lost reply.
+        parse_read(reply).inspect_err(|_| self.reader = None)
     }
 
     async fn process(&mut self, batch: Vec<Held>) -> Result<()> {
@@ -1030,7 +1044,9 @@ async fn send_acks(
             keys.push(stream.to_owned());
             keys.extend(marks);
             let mut cmd = evalsha(&scripts::ACK_AND_MARK, &keys);
-            cmd.arg(group).arg(ttl.as_millis() as u64).arg(ids);
+            // `PX 0` is an error, raised after the script's XACK took
+            // effect; a TTL under a millisecond is one millisecond.
+            cmd.arg(group).arg(ttl.as_millis().max(1) as u64).arg(ids);
             client
                 .eval::<i64>("ack and mark", &scripts::ACK_AND_MARK, &cmd)
                 .await?;

@@ -5,7 +5,7 @@ use streams::inspect::{Direction, Inspector, Log as StreamLog};
 use crate::common::*;
 
 /// Entries with an unknown schema version, a payload that does not decode,
-/// or no envelope at all go to the DLQ with that reason; the consumer keeps
+/// no envelope at all, or a field name that is not UTF-8 go to the DLQ with that reason; the consumer keeps
 /// running and handles the good messages around them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn undecodable_entries_are_dead_lettered_and_the_consumer_goes_on() {
@@ -54,6 +54,16 @@ async fn undecodable_entries_are_dead_lettered_and_the_consumer_goes_on() {
             .await
             .expect("xadd");
     }
+    // Another writer's bytes: once, such a name made the whole read fail
+    // and stranded the entries read with it.
+    let _: String = redis::cmd("XADD")
+        .arg(stream)
+        .arg("*")
+        .arg(&b"\xffname"[..])
+        .arg("value")
+        .query_async(&mut conn)
+        .await
+        .expect("xadd");
     producer
         .send(
             &topic,
@@ -71,11 +81,11 @@ async fn undecodable_entries_are_dead_lettered_and_the_consumer_goes_on() {
     })
     .await;
     let inspector = Inspector::new(client.clone());
-    wait_until(Duration::from_secs(10), "three dead letters", || async {
+    wait_until(Duration::from_secs(10), "four dead letters", || async {
         inspector
             .partition(topic.layout(), 0)
             .await
-            .is_ok_and(|r| r.dlq_length == 3)
+            .is_ok_and(|r| r.dlq_length == 4)
     })
     .await;
     let dlq = inspector
@@ -105,6 +115,8 @@ async fn undecodable_entries_are_dead_lettered_and_the_consumer_goes_on() {
     assert!(reasons[1].1.contains("payload"), "{}", reasons[1].1);
     assert_eq!(reasons[2].0, "decode_error");
     assert!(reasons[2].1.contains("no field `meta`"), "{}", reasons[2].1);
+    assert_eq!(reasons[3].0, "decode_error");
+    assert!(reasons[3].1.contains("no field `meta`"), "{}", reasons[3].1);
     assert_eq!(per_key(&log)["k"], [0, 1]);
     consumer.stop().await;
 }
