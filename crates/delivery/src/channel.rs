@@ -1,5 +1,7 @@
 //! Channels: where a person receives papers, and how often.
 
+use std::net::{IpAddr, Ipv4Addr};
+
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool, Row, postgres::PgRow};
 
@@ -169,18 +171,50 @@ fn is_private_host(host: &str) -> bool {
         return true;
     }
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    match host.parse::<std::net::IpAddr>() {
-        Ok(std::net::IpAddr::V4(ip)) => {
-            ip.is_loopback()
+    host.parse::<IpAddr>().is_ok_and(|ip| !is_public_ip(ip))
+}
+
+/// Whether `ip` is a public unicast address, one a webhook may reach: not
+/// loopback, private, shared (carrier-grade NAT), link-local, multicast,
+/// reserved or documentation space, in either family, nor an IPv6 address
+/// that embeds such an IPv4 one.
+pub fn is_public_ip(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(ip) => {
+            let [a, b, ..] = ip.octets();
+            !(ip.is_loopback()
                 || ip.is_private()
                 || ip.is_link_local()
                 || ip.is_unspecified()
                 || ip.is_broadcast()
+                || ip.is_multicast()
+                || ip.is_documentation()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b))
+                || (a == 192 && b == 0 && ip.octets()[2] == 0)
+                || (a == 198 && (18..20).contains(&b))
+                || a >= 240)
         }
-        Ok(std::net::IpAddr::V6(ip)) => {
-            ip.is_loopback() || ip.is_unspecified() || (ip.segments()[0] & 0xfe00) == 0xfc00
+        IpAddr::V6(ip) => {
+            let segments = ip.segments();
+            if let Some(v4) = ip.to_ipv4_mapped() {
+                return is_public_ip(IpAddr::V4(v4));
+            }
+            // NAT64 (64:ff9b::/96) and the old IPv4-compatible form carry
+            // an IPv4 address in the last 32 bits.
+            let embedded = Ipv4Addr::from((u32::from(segments[6]) << 16) | u32::from(segments[7]));
+            if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] || segments[..6] == [0; 6] {
+                return !ip.is_unspecified()
+                    && !ip.is_loopback()
+                    && is_public_ip(IpAddr::V4(embedded));
+            }
+            !(ip.is_loopback()
+                || ip.is_unspecified()
+                || ip.is_multicast()
+                || (segments[0] & 0xfe00) == 0xfc00
+                || (segments[0] & 0xffc0) == 0xfe80
+                || (segments[0] == 0x2001 && segments[1] == 0x0db8))
         }
-        Err(_) => false,
     }
 }
 
@@ -347,6 +381,14 @@ mod tests {
             "https://10.1.2.3/hook",
             "https://localhost/hook",
             "https://[::1]/hook",
+            "https://[::ffff:127.0.0.1]/hook",
+            "https://[::ffff:a00:1]/hook",
+            "https://[fe80::1]/hook",
+            "https://[fd00::1]/hook",
+            "https://[64:ff9b::a00:1]/hook",
+            "https://100.64.0.1/hook",
+            "https://0.0.0.0/hook",
+            "https://169.254.169.254/latest/meta-data",
             "https://user:pw@example.org/hook",
             "ftp://example.org",
             "hook",
@@ -370,6 +412,15 @@ mod tests {
         );
         assert!(ChannelSpec::parse("slack", "https://example.org/x", "instant", strict).is_err());
         assert!(ChannelSpec::parse("pigeon", "", "instant", strict).is_err());
+        for public in [
+            "https://93.184.215.14/hook",
+            "https://[2606:4700::1111]/hook",
+        ] {
+            assert!(
+                ChannelSpec::parse("webhook", public, "instant", strict).is_ok(),
+                "{public}"
+            );
+        }
         assert!(ChannelSpec::parse("in_app", "ignored", "hourly", strict).is_err());
     }
 }

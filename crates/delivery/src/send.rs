@@ -4,7 +4,7 @@
 //! attempt of one delivery (an email's Message-ID, a webhook's
 //! `webhook-id`), so that a receiver can drop a repeat sent after a crash.
 
-use std::time::Duration;
+use std::{net::SocketAddr, time::Duration};
 
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 use hmac::{Hmac, Mac};
@@ -22,7 +22,10 @@ use lettre::{
 use serde_json::Value;
 use sha2::Sha256;
 
-use crate::render::Email;
+use crate::{
+    channel::{TargetPolicy, is_public_ip},
+    render::Email,
+};
 
 /// How a send failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -200,9 +203,41 @@ pub struct HttpSender {
     client: reqwest::Client,
 }
 
+/// Why a target's name was not connected to: all its addresses are inside.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} resolves to no public address; paperstream does not send there")]
+struct NoPublicAddress(String);
+
+/// Resolves names to their public addresses only. A URL's host passed the
+/// checks when the channel was made, but DNS may later (or always) point it
+/// inside our network; the check that counts is the one at connection time.
+struct PublicAddressesOnly;
+
+impl reqwest::dns::Resolve for PublicAddressesOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let public: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|addr| is_public_ip(addr.ip()))
+                .collect();
+            if public.is_empty() {
+                return Err(Box::new(NoPublicAddress(host)) as _);
+            }
+            Ok(Box::new(public.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
 impl HttpSender {
-    pub fn new(timeout: Duration) -> Result<Self, String> {
-        let client = reqwest::Client::builder()
+    /// `policy.allow_private` lets names resolve to private addresses (the
+    /// demo's receivers); otherwise only public addresses are connected to.
+    pub fn new(timeout: Duration, policy: TargetPolicy) -> Result<Self, String> {
+        let mut builder = reqwest::Client::builder();
+        if !policy.allow_private {
+            builder = builder.dns_resolver(PublicAddressesOnly);
+        }
+        let client = builder
             .timeout(timeout)
             // A webhook answering with a redirect could send us anywhere,
             // past the checks its URL passed.
@@ -263,6 +298,9 @@ async fn classify(
 ) -> Result<(), SendError> {
     let response = match response {
         Ok(response) => response,
+        Err(err) if caused_by::<NoPublicAddress>(&err) => {
+            return Err(SendError::Permanent(error_chain(&err)));
+        }
         // Timeouts, refused connections, resets: the receiver may be back
         // soon.
         Err(err) => return Err(SendError::Transient(err.to_string())),
@@ -281,6 +319,28 @@ async fn classify(
         408 | 425 | 429 | 500..=599 => Err(SendError::Transient(format!("{status} {body}"))),
         _ => Err(SendError::Permanent(format!("{status} {body}"))),
     }
+}
+
+fn caused_by<E: std::error::Error + 'static>(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if e.is::<E>() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}
+
+/// An error and its causes, as one line.
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![err.to_string()];
+    let mut current = err.source();
+    while let Some(e) = current {
+        parts.push(e.to_string());
+        current = e.source();
+    }
+    parts.join(": ")
 }
 
 /// The base64 signature of a webhook, from a `whsec_` secret.

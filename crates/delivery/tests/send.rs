@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use catalog::reading::Card;
 use delivery::{
+    channel::TargetPolicy,
     render::Notice,
     send::{HttpSender, Mailer, SendError, SmtpConfig, SmtpSecurity},
 };
@@ -160,7 +161,7 @@ async fn webhooks_are_signed_and_refusals_are_permanent() {
     let hooks = FakeWebhooks::start(WebhookBehaviour::default(), 0)
         .await
         .expect("webhooks");
-    let http = HttpSender::new(Duration::from_secs(2)).expect("client");
+    let http = HttpSender::new(Duration::from_secs(2), TargetPolicy::default()).expect("client");
     let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
     let cards = [card()];
     let payload = notice(&cards).webhook_payload(time::OffsetDateTime::now_utc());
@@ -207,7 +208,7 @@ async fn slack_messages_and_dead_webhooks() {
     let hooks = FakeWebhooks::start(WebhookBehaviour::default(), 0)
         .await
         .expect("webhooks");
-    let http = HttpSender::new(Duration::from_secs(2)).expect("client");
+    let http = HttpSender::new(Duration::from_secs(2), TargetPolicy::default()).expect("client");
     let cards = [card()];
     let payload = notice(&cards).slack_payload();
     http.slack(&hooks.slack_url("team"), &payload)
@@ -220,4 +221,49 @@ async fn slack_messages_and_dead_webhooks() {
         http.slack(&hooks.slack_url("gone"), &payload).await,
         Err(SendError::Permanent(_))
     ));
+}
+
+/// A name that resolves inside the network is not connected to, whatever
+/// the URL looked like when the channel was made: the refusal is permanent
+/// (the channel is turned off with the reason). The demo's policy allows it.
+#[tokio::test]
+async fn names_that_resolve_to_private_addresses_are_refused() {
+    let hooks = FakeWebhooks::start(WebhookBehaviour::default(), 0)
+        .await
+        .expect("webhooks");
+    let by_name = hooks.url("ada").replace("127.0.0.1", "localhost");
+    assert!(by_name.contains("localhost"), "{by_name}");
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let cards = [card()];
+    let payload = notice(&cards).webhook_payload(time::OffsetDateTime::now_utc());
+
+    let strict = HttpSender::new(Duration::from_secs(2), TargetPolicy::default()).expect("client");
+    match strict
+        .webhook(&by_name, secret, "msg_private", &payload)
+        .await
+    {
+        Err(SendError::Permanent(reason)) => {
+            assert!(reason.contains("no public address"), "{reason}");
+        }
+        other => panic!("expected a permanent refusal, got {other:?}"),
+    }
+    let slack_by_name = hooks.slack_url("team").replace("127.0.0.1", "localhost");
+    assert!(matches!(
+        strict
+            .slack(&slack_by_name, &notice(&cards).slack_payload())
+            .await,
+        Err(SendError::Permanent(_))
+    ));
+
+    let demo = HttpSender::new(
+        Duration::from_secs(2),
+        TargetPolicy {
+            allow_private: true,
+        },
+    )
+    .expect("client");
+    demo.webhook(&by_name, secret, "msg_private", &payload)
+        .await
+        .expect("delivered under the demo's policy");
+    assert_eq!(hooks.wait_for(1, Duration::from_secs(5)).await.len(), 1);
 }

@@ -106,8 +106,13 @@ impl Service {
             public_url,
             domain,
             mailer: Mailer::new(&config.smtp).map_err(Error::Config)?,
-            http: HttpSender::new(Duration::from_secs(config.http_timeout_s))
-                .map_err(Error::Config)?,
+            http: HttpSender::new(
+                Duration::from_secs(config.http_timeout_s),
+                delivery::channel::TargetPolicy {
+                    allow_private: config.allow_private_targets,
+                },
+            )
+            .map_err(Error::Config)?,
         };
         Ok(Self {
             config: config.clone(),
