@@ -206,8 +206,31 @@ impl StreamsClient {
         cmd: &(impl Query + Sync),
     ) -> Result<T> {
         let attempt_timeout = self.inner.config.command_timeout.min(total);
+        self.eval_on(
+            &self.inner.connection,
+            operation,
+            attempt_timeout,
+            total,
+            script,
+            cmd,
+        )
+        .await
+    }
+
+    /// [`Self::eval_within`] on `connection`, each attempt allowed
+    /// `attempt_timeout`: for a call that holds its connection on the
+    /// server (`WAIT`), which must not stall the shared one.
+    pub(crate) async fn eval_on<T: redis::FromRedisValue + Send>(
+        &self,
+        connection: &ClusterConnection,
+        operation: &'static str,
+        attempt_timeout: Duration,
+        total: Duration,
+        script: &Script,
+        cmd: &(impl Query + Sync),
+    ) -> Result<T> {
         retry(operation, attempt_timeout, total, || {
-            let mut conn = self.connection();
+            let mut conn = connection.clone();
             async move {
                 match cmd.query(&mut conn).await {
                     Err(err)

@@ -12,10 +12,14 @@
 //! the messages twice with the same message ids. Consumers that must not see
 //! duplicates use [`crate::idempotency`].
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use futures_util::future::join_all;
-use redis::Value;
+use redis::{Value, cluster_async::ClusterConnection};
+use tokio::sync::OnceCell;
 
 use crate::{
     Backpressure, BackpressureReason, Error, Result,
@@ -112,15 +116,32 @@ pub struct Sent {
     pub duplicate: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Producer {
     client: StreamsClient,
     config: ProducerConfig,
+    /// Durable sends end with `WAIT`, which holds its connection on the
+    /// server until the replicas answer; on the shared connection it would
+    /// hold up every other command to that node (lease renewals among
+    /// them) while a replica is down. Made at the first durable send.
+    durable_connection: Arc<OnceCell<ClusterConnection>>,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Producer {
     pub fn new(client: StreamsClient, config: ProducerConfig) -> Self {
-        Self { client, config }
+        Self {
+            client,
+            config,
+            durable_connection: Arc::default(),
+        }
     }
 
     /// Send one message.
@@ -293,8 +314,25 @@ impl Producer {
                     .cmd("WAIT")
                     .arg(replicas)
                     .arg(timeout.as_millis() as u64);
-                let (reply, reached): (Value, u32) =
-                    self.client.eval("produce durably", script, &pipe).await?;
+                let connection = self
+                    .durable_connection
+                    .get_or_try_init(|| self.client.dedicated_connection(timeout))
+                    .await?;
+                // Each attempt may wait the whole WAIT timeout: cutting it
+                // short would only send the appends again.
+                let attempt_timeout = self.client.config().command_timeout + timeout;
+                let total = self.client.config().operation_timeout.max(attempt_timeout);
+                let (reply, reached): (Value, u32) = self
+                    .client
+                    .eval_on(
+                        connection,
+                        "produce durably",
+                        attempt_timeout,
+                        total,
+                        script,
+                        &pipe,
+                    )
+                    .await?;
                 if reached < replicas {
                     return Err(Error::NotReplicated {
                         wanted: replicas,

@@ -149,3 +149,75 @@ async fn master_failover_loses_no_durable_acknowledged_message() {
         assert_eq!(first_seen, expected, "{key}");
     }
 }
+
+/// With a partition's replica down, a durable send waits out its `WAIT`
+/// and fails with `NotReplicated`; meanwhile everything else sent to that
+/// master (a plain send here; lease renewals and acknowledgements in a
+/// service) goes through at once instead of queueing behind the `WAIT`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_durable_send_does_not_hold_up_other_commands() {
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .expect("join")
+        .expect("private cluster");
+    let client = connect(cluster.urls()).await;
+    let topic = topic(topic_config(1));
+    let master = cluster
+        .master_of_slot(topic.layout().partitions[0].slot)
+        .expect("master of partition 0");
+    let replication = std::process::Command::new("redis-cli")
+        .args(["-p", &master.to_string(), "INFO", "replication"])
+        .output()
+        .expect("redis-cli");
+    let replica: u16 = String::from_utf8_lossy(&replication.stdout)
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("slave0:")?
+                .split(',')
+                .find_map(|field| field.strip_prefix("port=")?.parse().ok())
+        })
+        .expect("the master's replica");
+    cluster.kill_node(replica).expect("kill the replica");
+
+    let wait = Duration::from_secs(3);
+    let durable = Producer::new(
+        client.clone(),
+        ProducerConfig {
+            durability: Durability::Replicated {
+                replicas: 1,
+                timeout: wait,
+            },
+            ..ProducerConfig::default()
+        },
+    );
+    let plain = producer(&client);
+    let message = |seq| Numbered {
+        key: "k".into(),
+        seq,
+    };
+    let started = Instant::now();
+    let waiting = tokio::spawn({
+        let (durable, topic) = (durable.clone(), topic.clone());
+        async move { durable.send(&topic, "k", &message(0)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sent_at = Instant::now();
+    plain
+        .send(&topic, "k", &message(1))
+        .await
+        .expect("plain send");
+    let plain_took = sent_at.elapsed();
+    let durable_result = waiting.await.expect("join");
+    assert!(
+        matches!(durable_result, Err(streams::Error::NotReplicated { .. })),
+        "{durable_result:?}"
+    );
+    assert!(
+        started.elapsed() >= wait,
+        "the durable send gave up before its WAIT timeout"
+    );
+    assert!(
+        plain_took < Duration::from_secs(1),
+        "a plain send waited {plain_took:?} behind the durable send's WAIT"
+    );
+}
