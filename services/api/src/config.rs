@@ -24,6 +24,10 @@ pub struct Config {
     pub ops_addr: SocketAddr,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
+    /// Longest a request may take before it is answered 503: a query stuck
+    /// behind a lock must not hold the connection, and one of the
+    /// database pool's, for good.
+    pub request_timeout_s: u64,
     /// Sign-up and login attempts per client address and minute.
     pub auth_attempts_per_minute: u32,
     /// Allow webhook targets on loopback and private networks (the demo's
@@ -61,6 +65,7 @@ impl Default for Config {
             listen: ([127, 0, 0, 1], 8080).into(),
             ops_addr: ([127, 0, 0, 1], 9104).into(),
             max_body_bytes: 64 * 1024,
+            request_timeout_s: 30,
             auth_attempts_per_minute: 10,
             allow_private_targets: false,
             session_idle_hours: 7 * 24,

@@ -22,12 +22,13 @@ use std::{net::SocketAddr, time::Instant};
 use axum::{
     Router,
     extract::{DefaultBodyLimit, MatchedPath, Request},
-    http::{HeaderValue, header},
+    http::{HeaderValue, StatusCode, header},
     middleware::{self, Next},
     response::Response,
     routing::get,
 };
 use tokio_util::sync::CancellationToken;
+use tower_http::timeout::TimeoutLayer;
 
 pub use config::Config;
 
@@ -65,6 +66,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Every route, with the middleware that applies to all of them.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.max_body_bytes;
+    let timeout =
+        TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, state.request_timeout);
     for why in ["csrf", "admin"] {
         metrics::counter!("http_forbidden_total", "why" => why).increment(0);
     }
@@ -80,6 +83,7 @@ pub fn router(state: AppState) -> Router {
             web::csrf::protect,
         ))
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(timeout)
         .layer(middleware::from_fn(security_headers))
         .layer(middleware::from_fn(record))
         .with_state(state)

@@ -38,6 +38,7 @@ pub struct Inner {
     pub auth_limiter: DefaultKeyedRateLimiter<IpAddr>,
     pub channel_policy: TargetPolicy,
     pub max_body_bytes: usize,
+    pub request_timeout: Duration,
     pub preview_days: i32,
     /// The runtime settings' versions (see `crate::runtime_settings`).
     pub settings: settings::store::Store,
@@ -130,6 +131,7 @@ impl AppState {
                 allow_private: config.allow_private_targets,
             },
             max_body_bytes: config.max_body_bytes,
+            request_timeout: Duration::from_secs(config.request_timeout_s),
             preview_days: config.preview_days,
             recent: RwLock::new(None),
         })))

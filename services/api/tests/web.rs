@@ -645,3 +645,38 @@ async fn each_subscription_has_an_atom_feed() {
         .expect("atom");
     assert_eq!(tampered.status(), StatusCode::NOT_FOUND);
 }
+
+/// A request stuck behind a database lock is answered 503 once the request
+/// timeout passes, instead of holding its connection (and a pool
+/// connection) for as long as the lock lasts; requests that need no
+/// database are not held up, and the page works again once the lock goes.
+#[tokio::test]
+async fn a_request_stuck_on_the_database_times_out() {
+    let app = start_with(|c| c.request_timeout_s = 1).await;
+    let mut browser = app.browser();
+    browser.sign_up("ada@example.org", PASSWORD).await;
+    assert_eq!(browser.get("/feed").await.status, StatusCode::OK);
+
+    let mut lock = app.db.pool.begin().await.expect("transaction");
+    sqlx::query("LOCK TABLE sessions IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .expect("lock");
+    let started = std::time::Instant::now();
+    let stuck = tokio::time::timeout(std::time::Duration::from_secs(10), browser.get("/feed"))
+        .await
+        .expect("no answer within 10 s: the request waits on the lock");
+    assert_eq!(
+        stuck.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        stuck.body
+    );
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(1),
+        "answered before the timeout"
+    );
+    assert_eq!(browser.get("/health").await.status, StatusCode::OK);
+    lock.rollback().await.expect("unlock");
+    assert_eq!(browser.get("/feed").await.status, StatusCode::OK);
+}
