@@ -115,6 +115,11 @@ pub struct ConsumerConfig {
     pub dedupe_ttl: Option<Duration>,
     /// How often a worker runs retention and refreshes its gauges.
     pub maintenance_interval: Duration,
+    /// Longest a handler may take over a batch. A batch that takes longer
+    /// is dropped and retried like a failed one (and dead-lettered after
+    /// the topic's attempts), so a call that never returns cannot hold its
+    /// partition, and shutdown, for good. `None` trusts the handler.
+    pub handler_timeout: Option<Duration>,
 }
 
 /// A zero heartbeat would make the ticker panic; anything this short is a
@@ -135,6 +140,7 @@ impl ConsumerConfig {
             start_from: StartFrom::Beginning,
             dedupe_ttl: None,
             maintenance_interval: Duration::from_secs(1),
+            handler_timeout: Some(Duration::from_secs(600)),
         }
     }
 

@@ -748,9 +748,24 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
         });
         // A panicking handler fails its batch; it does not take the worker
         // (and the partition's lease) down with it.
-        let outcomes = match AssertUnwindSafe(handling).catch_unwind().await {
-            Ok(outcomes) => outcomes,
-            Err(panic) => {
+        let guarded = AssertUnwindSafe(handling).catch_unwind();
+        let finished = match self.shared.config.handler_timeout {
+            Some(limit) => tokio::time::timeout(limit, guarded)
+                .await
+                .map_err(|_| limit),
+            None => Ok(guarded.await),
+        };
+        let outcomes = match finished {
+            Ok(Ok(outcomes)) => outcomes,
+            Err(limit) => {
+                tracing::error!(
+                    partition = self.partition(),
+                    ?limit,
+                    "handler did not finish its batch in time; retrying it"
+                );
+                Outcomes::retry_all(count, format!("handler took longer than {limit:?}"))
+            }
+            Ok(Err(panic)) => {
                 let what = panic
                     .downcast_ref::<&str>()
                     .map(|s| (*s).to_owned())

@@ -528,3 +528,88 @@ async fn a_failed_retry_step_is_retried_without_losing_the_key() {
             .output();
     }
 }
+
+/// A handler that never returns holds its batch only until the handler
+/// timeout: the batch is retried like a failed one, dead-lettered after the
+/// topic's attempts with that reason, and the partition moves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_handler_times_out_and_its_message_is_dead_lettered() {
+    let client = shared_client().await;
+    let config = topic_config(1);
+    let max_attempts = config.max_attempts;
+    let topic = topic(config);
+    let log = Log::default();
+    let handler = {
+        let log = log.clone();
+        move |batch: Batch<Numbered>| {
+            let log = log.clone();
+            async move {
+                if batch.messages.iter().any(|m| m.key == "stuck") {
+                    std::future::pending::<()>().await;
+                }
+                for m in &batch.messages {
+                    record_one(&log, m);
+                }
+                batch.ack_all()
+            }
+        }
+    };
+    let mut config = consumer_config("hung");
+    config.handler_timeout = Some(Duration::from_millis(200));
+    let consumer = Running::start(&client, &topic, config, handler);
+    let producer = producer(&client);
+    let stuck = Numbered {
+        key: "stuck".into(),
+        seq: 0,
+    };
+    producer.send(&topic, "stuck", &stuck).await.expect("send");
+    let inspector = Inspector::new(client.clone());
+    wait_until(
+        Duration::from_secs(20),
+        "the hung message dead-lettered",
+        || async {
+            inspector
+                .partition(topic.layout(), 0)
+                .await
+                .is_ok_and(|r| r.dlq_length == 1)
+        },
+    )
+    .await;
+    let dlq = inspector
+        .browse(
+            topic.layout(),
+            0,
+            StreamLog::Dlq,
+            Direction::Forward,
+            None,
+            10,
+        )
+        .await
+        .expect("dlq");
+    let entry = &dlq.entries[0];
+    assert!(
+        entry
+            .field_str("dlq.error")
+            .is_some_and(|e| e.contains("handler took longer than")),
+        "{entry:?}"
+    );
+    assert_eq!(
+        entry.field_str("dlq.attempts"),
+        Some(max_attempts.to_string().as_str())
+    );
+
+    let fine = Numbered {
+        key: "fine".into(),
+        seq: 0,
+    };
+    producer.send(&topic, "fine", &fine).await.expect("send");
+    wait_until(
+        Duration::from_secs(10),
+        "the next message handled",
+        || async { seen_count(&log) == 1 },
+    )
+    .await;
+    let stopping = Instant::now();
+    consumer.stop().await;
+    assert!(stopping.elapsed() < Duration::from_secs(10));
+}
