@@ -287,8 +287,32 @@ impl<T> Posted<T> {
         status: StatusCode,
         body: Value,
     ) -> ApiResult {
+        self.answer_showing_once(conn, scope, status, body, &[])
+            .await
+    }
+
+    /// [`Self::answer`] for an answer that carries secrets (a new API
+    /// token, a webhook signing secret), which are kept only as hashes or
+    /// for the sender: the recorded copy, the one a repeat gets, has the
+    /// `secrets` fields set to null and lists them in `withheld`, so that no
+    /// secret lies in the database in clear for the key's lifetime.
+    async fn answer_showing_once(
+        &self,
+        conn: &mut PgConnection,
+        scope: &str,
+        status: StatusCode,
+        body: Value,
+        secrets: &[&str],
+    ) -> ApiResult {
         if let Some(key) = &self.key {
-            idempotency::finish(conn, scope, key, status.as_u16(), &body).await?;
+            let mut recorded = body.clone();
+            if let Some(fields) = recorded.as_object_mut().filter(|_| !secrets.is_empty()) {
+                for secret in secrets {
+                    fields.insert((*secret).to_owned(), Value::Null);
+                }
+                fields.insert("withheld".to_owned(), json!(secrets));
+            }
+            idempotency::finish(conn, scope, key, status.as_u16(), &recorded).await?;
         }
         Ok((status, Json(body)).into_response())
     }
@@ -314,7 +338,7 @@ pub struct SignUp {
 
 #[utoipa::path(post, path = "/api/v1/users", tag = "accounts", request_body = SignUp,
     params(("Idempotency-Key" = Option<String>, Header, description = "repeat-safe key")),
-    responses((status = 201, description = "the account and an API token, shown once"),
+    responses((status = 201, description = "the account and an API token, shown once: a repeat with the same Idempotency-Key gets `token: null` and `withheld: [\"token\"]`"),
               (status = 409, description = "the email has an account"),
               (status = 422, description = "invalid fields"), (status = 429, description = "too many attempts")))]
 pub async fn sign_up(
@@ -350,11 +374,12 @@ pub async fn sign_up(
     channel::create_defaults(&mut tx, user.id, &user.email).await?;
     let (_, token) = accounts::api_token::create(&mut tx, user.id, "sign-up").await?;
     let response = posted
-        .answer(
+        .answer_showing_once(
             &mut tx,
             &scope,
             StatusCode::CREATED,
             json!({"user": user, "token": token}),
+            &["token"],
         )
         .await?;
     tx.commit().await?;
@@ -378,7 +403,7 @@ pub struct NewToken {
 }
 
 #[utoipa::path(post, path = "/api/v1/tokens", tag = "accounts", request_body = NewToken,
-    responses((status = 201, description = "a new API token, shown once"), (status = 401, description = "wrong email or password")))]
+    responses((status = 201, description = "a new API token, shown once (a repeat with the same Idempotency-Key gets `token: null`)"), (status = 401, description = "wrong email or password")))]
 pub async fn create_token(
     State(state): State<AppState>,
     web::auth::ClientIp(ip): web::auth::ClientIp,
@@ -405,11 +430,12 @@ pub async fn create_token(
         .await
         .map_err(|e| ApiError::invalid(vec![account_problem(&e)]))?;
     let response = posted
-        .answer(
+        .answer_showing_once(
             &mut tx,
             &scope,
             StatusCode::CREATED,
             json!({"id": id, "token": token}),
+            &["token"],
         )
         .await?;
     tx.commit().await?;
@@ -731,7 +757,7 @@ pub struct NewChannel {
 #[utoipa::path(post, path = "/api/v1/channels", tag = "channels", security(("bearer" = [])),
     request_body = NewChannel,
     params(("Idempotency-Key" = Option<String>, Header, description = "repeat-safe key")),
-    responses((status = 201, description = "created; a webhook's signing secret is in `secret`, shown once"), (status = 422, description = "invalid fields")))]
+    responses((status = 201, description = "created; a webhook's signing secret is in `secret`, shown once (a repeat with the same Idempotency-Key gets `secret: null`)"), (status = 422, description = "invalid fields")))]
 pub async fn create_channel(
     State(state): State<AppState>,
     ApiUser(user): ApiUser,
@@ -760,7 +786,7 @@ pub async fn create_channel(
     let mut body = to_value(&created);
     body["secret"] = json!(created.secret);
     let response = posted
-        .answer(&mut tx, &scope, StatusCode::CREATED, body)
+        .answer_showing_once(&mut tx, &scope, StatusCode::CREATED, body, &["secret"])
         .await?;
     tx.commit().await?;
     Ok(response)
