@@ -30,6 +30,9 @@ pub struct Config {
     pub request_timeout_s: u64,
     /// Sign-up and login attempts per client address and minute.
     pub auth_attempts_per_minute: u32,
+    /// Login attempts per account and minute, from any address: guessing
+    /// one account's password from many addresses is limited too.
+    pub login_attempts_per_account_per_minute: u32,
     /// Allow webhook targets on loopback and private networks (the demo's
     /// fake receivers). Never in production: the URLs come from users.
     pub allow_private_targets: bool,
@@ -67,6 +70,7 @@ impl Default for Config {
             max_body_bytes: 64 * 1024,
             request_timeout_s: 30,
             auth_attempts_per_minute: 10,
+            login_attempts_per_account_per_minute: 10,
             allow_private_targets: false,
             session_idle_hours: 7 * 24,
             session_absolute_days: 30,

@@ -410,6 +410,7 @@ pub async fn create_token(
     posted: Posted<NewToken>,
 ) -> ApiResult {
     web::auth::limit(&state, ip)?;
+    web::auth::limit_account(&state, &posted.body.email)?;
     let form = &posted.body;
     let user = accounts::authenticate(&state.pool, &form.email, &form.password)
         .await?

@@ -35,7 +35,10 @@ pub struct Inner {
     /// Cookies only over HTTPS when the site is served over HTTPS.
     pub secure_cookies: bool,
     pub public_url: String,
+    /// Keyed by [`crate::web::auth::limit_key`]: an address, or an IPv6 /64.
     pub auth_limiter: DefaultKeyedRateLimiter<IpAddr>,
+    /// Keyed by the lowercased email a login names.
+    pub account_limiter: DefaultKeyedRateLimiter<String>,
     pub channel_policy: TargetPolicy,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
@@ -109,6 +112,10 @@ impl AppState {
         let topics = Topics::new(&config.topic_prefix)?;
         let per_minute = NonZeroU32::new(config.auth_attempts_per_minute.max(1))
             .ok_or_else(|| Error::Config("auth_attempts_per_minute must be positive".into()))?;
+        let per_account = NonZeroU32::new(config.login_attempts_per_account_per_minute.max(1))
+            .ok_or_else(|| {
+                Error::Config("login_attempts_per_account_per_minute must be positive".into())
+            })?;
         let public_url = config.public_url.trim_end_matches('/').to_owned();
         let settings_defaults = settings::Settings::defaults(&topics, &config.topic_prefix);
         let redis = redis::cluster::ClusterClient::new(config.redis_urls.clone())
@@ -127,6 +134,7 @@ impl AppState {
             secure_cookies: public_url.starts_with("https://"),
             public_url,
             auth_limiter: RateLimiter::keyed(Quota::per_minute(per_minute)),
+            account_limiter: RateLimiter::keyed(Quota::per_minute(per_account)),
             channel_policy: TargetPolicy {
                 allow_private: config.allow_private_targets,
             },
@@ -170,6 +178,7 @@ impl AppState {
                 tracing::warn!(%err, "pruning idempotency keys failed");
             }
             self.auth_limiter.retain_recent();
+            self.account_limiter.retain_recent();
         }
     }
 }

@@ -428,6 +428,43 @@ async fn login_and_sign_up_are_rate_limited() {
     assert_eq!(statuses[5..], [StatusCode::TOO_MANY_REQUESTS; 2]);
 }
 
+/// Guessing one account's password is limited however many addresses the
+/// guesses come from; other accounts are not affected.
+#[tokio::test]
+async fn logins_are_rate_limited_per_account_too() {
+    let app = start_with(|c| {
+        c.auth_attempts_per_minute = 1_000;
+        c.login_attempts_per_account_per_minute = 3;
+    })
+    .await;
+    let mut browser = app.browser();
+    let csrf = browser.get("/login").await.csrf();
+    let mut attempt = async |email: &str| {
+        browser
+            .post(
+                "/login",
+                &[
+                    ("csrf", &csrf),
+                    ("email", email),
+                    ("password", "guess guess guess"),
+                ],
+            )
+            .await
+            .status
+    };
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(attempt("Ada@Example.org").await);
+    }
+    assert_eq!(statuses[..3], [StatusCode::UNAUTHORIZED; 3]);
+    assert_eq!(statuses[3], StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        attempt("ada@example.org ").await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(attempt("bob@example.org").await, StatusCode::UNAUTHORIZED);
+}
+
 #[tokio::test]
 async fn unsubscribing_from_an_email_link() {
     let app = start().await;

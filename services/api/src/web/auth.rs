@@ -1,6 +1,6 @@
 //! Sign up, log in, log out.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use accounts::{NewUser, Role};
 use askama::Template;
@@ -78,12 +78,39 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
     }
 }
 
-/// Refuse when this address has tried too often.
+/// Refuse when this address, or its IPv6 /64, has tried too often.
 pub fn limit(state: &AppState, ip: IpAddr) -> Result<(), PageError> {
-    state.auth_limiter.check_key(&ip).map_err(|not_until| {
-        metrics::counter!("http_rate_limited_total").increment(1);
-        PageError::TooMany(not_until.wait_time_from(DefaultClock::default().now()))
-    })
+    state
+        .auth_limiter
+        .check_key(&limit_key(ip))
+        .map_err(too_many)
+}
+
+/// Refuse a login when the account it names has been tried too often,
+/// from any address.
+pub fn limit_account(state: &AppState, email: &str) -> Result<(), PageError> {
+    state
+        .account_limiter
+        .check_key(&email.trim().to_lowercase())
+        .map_err(too_many)
+}
+
+fn too_many(not_until: governor::NotUntil<governor::clock::QuantaInstant>) -> PageError {
+    metrics::counter!("http_rate_limited_total").increment(1);
+    PageError::TooMany(not_until.wait_time_from(DefaultClock::default().now()))
+}
+
+/// What an address is counted under: IPv4 addresses one by one, IPv6 by
+/// their /64, which one subscriber usually holds whole (counting each
+/// address would give them 2^64 buckets), and IPv4-mapped IPv6 as IPv4.
+pub fn limit_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        },
+    }
 }
 
 pub async fn signup_page(viewer: MaybeViewer) -> Response {
@@ -220,6 +247,7 @@ pub async fn login(
     Form(form): Form<LoginForm>,
 ) -> PageResult {
     limit(&state, ip)?;
+    limit_account(&state, &form.email)?;
     let Some(user) = accounts::authenticate(&state.pool, &form.email, &form.password).await? else {
         metrics::counter!("logins_total", "outcome" => "refused").increment(1);
         return Ok((
@@ -270,4 +298,20 @@ pub async fn logout(State(state): State<AppState>, jar: SignedCookieJar) -> Page
     }
     let jar = jar.remove(Cookie::build(SESSION_COOKIE).path("/"));
     Ok((jar, see_other("/")).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_count_ipv6_by_its_64_and_mapped_addresses_as_ipv4() {
+        let key = |s: &str| limit_key(s.parse().expect("address"));
+        assert_eq!(key("203.0.113.7"), key("203.0.113.7"));
+        assert_ne!(key("203.0.113.7"), key("203.0.113.8"));
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), key("2001:db8:1:2:ffff::9"));
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2::"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("::ffff:203.0.113.7"), key("203.0.113.7"));
+    }
 }
