@@ -133,6 +133,51 @@ async fn forms_without_their_csrf_token_are_refused() {
     assert_eq!(ok.status, StatusCode::SEE_OTHER);
 }
 
+/// A CSRF token from before a login, or from before a logout, is refused
+/// after it: someone who learned or planted a browser's token while it was
+/// logged out gains nothing once its owner logs in.
+#[tokio::test]
+async fn the_csrf_token_changes_when_a_session_starts_or_ends() {
+    let app = start().await;
+    let mut browser = app.browser();
+    let before_signup = browser.csrf().await;
+    browser.sign_up("ada@example.org", PASSWORD).await;
+    let logged_in = browser.csrf().await;
+    assert_ne!(before_signup, logged_in);
+    let form = [("name", "ML"), ("categories", "cs.LG")];
+    let stale = browser
+        .post(
+            "/subscriptions",
+            &[("csrf", &before_signup), form[0], form[1]],
+        )
+        .await;
+    assert_eq!(stale.status, StatusCode::FORBIDDEN);
+
+    let out = browser.post("/logout", &[("csrf", &logged_in)]).await;
+    assert_eq!(out.status, StatusCode::SEE_OTHER);
+    let logged_out = browser.csrf().await;
+    assert_ne!(logged_out, logged_in);
+    let login = [
+        ("csrf", logged_in.as_str()),
+        ("email", "ada@example.org"),
+        ("password", PASSWORD),
+    ];
+    assert_eq!(
+        browser.post("/login", &login).await.status,
+        StatusCode::FORBIDDEN
+    );
+    let login = [
+        ("csrf", logged_out.as_str()),
+        ("email", "ada@example.org"),
+        ("password", PASSWORD),
+    ];
+    assert_eq!(
+        browser.post("/login", &login).await.status,
+        StatusCode::SEE_OTHER
+    );
+    assert_ne!(browser.csrf().await, logged_out);
+}
+
 #[tokio::test]
 async fn subscriptions_are_explained_previewed_paused_and_deleted() {
     let app = start().await;

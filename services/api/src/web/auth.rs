@@ -289,7 +289,8 @@ async fn start_session(
         .secure(state.secure_cookies)
         .same_site(SameSite::Lax)
         .build();
-    Ok((jar.add(cookie), see_other(next)).into_response())
+    let jar = super::csrf::renew(state, jar.add(cookie));
+    Ok((jar, see_other(next)).into_response())
 }
 
 pub async fn logout(State(state): State<AppState>, jar: SignedCookieJar) -> PageResult {
@@ -297,6 +298,7 @@ pub async fn logout(State(state): State<AppState>, jar: SignedCookieJar) -> Page
         accounts::session::end(&state.pool, cookie.value()).await?;
     }
     let jar = jar.remove(Cookie::build(SESSION_COOKIE).path("/"));
+    let jar = super::csrf::renew(&state, jar);
     Ok((jar, see_other("/")).into_response())
 }
 

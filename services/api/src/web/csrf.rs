@@ -8,6 +8,10 @@
 //! sign one. The check runs here, in front of every route, so that no form
 //! can forget it.
 //!
+//! The token changes whenever a session starts or ends, so that a token
+//! learned before a login (or planted, from a sibling subdomain or over
+//! plain http) is worthless after it.
+//!
 //! Exempt: `/api/` (authenticated by bearer tokens, which browsers never
 //! attach on their own) and `/unsubscribe/` (RFC 8058 one-click: mail
 //! clients post without cookies; the signed token in the URL is the
@@ -90,13 +94,22 @@ pub async fn protect(
     if existing.is_some() {
         return response;
     }
-    let cookie = Cookie::build((COOKIE, token))
+    (jar.add(cookie(&state, token)), response).into_response()
+}
+
+/// A new token for this browser, set by the handlers that start or end a
+/// session.
+pub fn renew(state: &AppState, jar: SignedCookieJar) -> SignedCookieJar {
+    jar.add(cookie(state, accounts::random_token("")))
+}
+
+fn cookie(state: &AppState, token: String) -> Cookie<'static> {
+    Cookie::build((COOKIE, token))
         .path("/")
         .http_only(true)
         .secure(state.secure_cookies)
         .same_site(SameSite::Lax)
-        .build();
-    (jar.add(cookie), response).into_response()
+        .build()
 }
 
 async fn check(
