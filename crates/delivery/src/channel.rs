@@ -234,7 +234,27 @@ fn new_secret() -> String {
 
 /// Add a channel. Webhooks get a signing secret, returned once in the
 /// channel.
+/// Most channels one person may keep: every channel is a place paperstream
+/// sends to, so one account must not turn it into a mass mailer.
+pub const MAX_PER_USER: i64 = 20;
+
 pub async fn create(conn: &mut PgConnection, user_id: i64, spec: &ChannelSpec) -> Result<Channel> {
+    // Locking the user serializes a person's concurrent creations, so the
+    // count below cannot be raced past the limit.
+    sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR UPDATE")
+        .bind(user_id)
+        .execute(&mut *conn)
+        .await?;
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM channels WHERE user_id = $1")
+        .bind(user_id)
+        .fetch_one(&mut *conn)
+        .await?;
+    if count >= MAX_PER_USER {
+        return Err(Error::invalid(
+            "target",
+            format!("a person may keep at most {MAX_PER_USER} channels; delete one first"),
+        ));
+    }
     let secret = (spec.kind == Kind::Webhook).then(new_secret);
     let row = sqlx::query(
         "INSERT INTO channels (user_id, kind, target, secret, frequency) \

@@ -269,3 +269,49 @@ async fn daily_channels_gather_a_digest_once_a_local_day() {
     .expect("count");
     assert_eq!(sent, 2);
 }
+
+/// One account keeps at most `MAX_PER_USER` channels (its two defaults
+/// included); the next is refused with a reason, and deleting one makes room.
+#[tokio::test]
+async fn a_person_keeps_a_bounded_number_of_channels() {
+    let db = database().await;
+    let ada = user(&db, "ada@example.org", "UTC").await;
+    let lax = TargetPolicy {
+        allow_private: true,
+    };
+    let spec = |n: i64| {
+        ChannelSpec::parse(
+            "webhook",
+            &format!("http://127.0.0.1:1/hooks/{n}"),
+            "instant",
+            lax,
+        )
+        .expect("valid")
+    };
+    let mut conn = db.pool.acquire().await.expect("connection");
+    let defaults = channel::list(&db.pool, ada).await.expect("list").len() as i64;
+    let mut last = None;
+    for n in defaults..channel::MAX_PER_USER {
+        last = Some(
+            channel::create(&mut conn, ada, &spec(n))
+                .await
+                .expect("room"),
+        );
+    }
+    match channel::create(&mut conn, ada, &spec(999)).await {
+        Err(delivery::Error::Invalid { field, message }) => {
+            assert_eq!(field, "target");
+            assert!(message.contains("at most"), "{message}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let last = last.expect("a channel was made");
+    assert!(
+        channel::delete(&mut conn, ada, last.id)
+            .await
+            .expect("delete")
+    );
+    channel::create(&mut conn, ada, &spec(999))
+        .await
+        .expect("room again");
+}
