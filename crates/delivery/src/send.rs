@@ -322,25 +322,15 @@ async fn classify(
 }
 
 fn caused_by<E: std::error::Error + 'static>(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current = Some(err);
-    while let Some(e) = current {
-        if e.is::<E>() {
-            return true;
-        }
-        current = e.source();
-    }
-    false
+    std::iter::successors(Some(err), |e| e.source()).any(|e| e.is::<E>())
 }
 
 /// An error and its causes, as one line.
 fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![err.to_string()];
-    let mut current = err.source();
-    while let Some(e) = current {
-        parts.push(e.to_string());
-        current = e.source();
-    }
-    parts.join(": ")
+    std::iter::successors(Some(err), |e| e.source())
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 /// The base64 signature of a webhook, from a `whsec_` secret.

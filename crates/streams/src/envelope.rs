@@ -350,10 +350,8 @@ fn pairs(flat: Vec<Value>) -> Result<Vec<(String, Vec<u8>)>, Error> {
     let mut out = Vec::with_capacity(flat.len() / 2);
     let mut it = flat.into_iter();
     while let (Some(name), Some(value)) = (it.next(), it.next()) {
-        let name = match bytes(name)? {
-            name if name.is_ascii() => String::from_utf8(name).unwrap_or_default(),
-            name => String::from_utf8_lossy(&name).into_owned(),
-        };
+        let name = String::from_utf8(bytes(name)?)
+            .unwrap_or_else(|invalid| String::from_utf8_lossy(invalid.as_bytes()).into_owned());
         out.push((name, bytes(value)?));
     }
     Ok(out)
