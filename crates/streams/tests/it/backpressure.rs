@@ -246,13 +246,6 @@ async fn unread_entries_trimmed_away_are_reported() {
     consumer.stop().await;
 }
 
-async fn redis_connection() -> redis::cluster_async::ClusterConnection {
-    redis::cluster::ClusterClient::new(test_support::shared_redis_urls())
-        .expect("client")
-        .get_async_connection()
-        .await
-        .expect("connection")
-}
 
 /// A node at `maxmemory` (with `noeviction`) refuses appends, reported as
 /// backpressure; consumers still read, acknowledge and trim, so the node
@@ -354,33 +347,6 @@ async fn a_full_node_refuses_appends_until_consumers_drain_it() {
         .map(|(_, seqs)| seqs.len())
         .sum();
     assert_eq!(handled, accepted, "each accepted message handled once");
-}
-
-fn node_used_memory(port: u16) -> u64 {
-    let out = std::process::Command::new("redis-cli")
-        .args(["-p", &port.to_string(), "INFO", "memory"])
-        .output()
-        .expect("redis-cli");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix("used_memory:"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("used_memory")
-}
-
-fn set_maxmemory(port: u16, bytes: u64) {
-    let status = std::process::Command::new("redis-cli")
-        .args([
-            "-p",
-            &port.to_string(),
-            "CONFIG",
-            "SET",
-            "maxmemory",
-            &bytes.to_string(),
-        ])
-        .status()
-        .expect("redis-cli");
-    assert!(status.success());
 }
 
 /// With an idempotency TTL, a message sent again with the same id (a relay

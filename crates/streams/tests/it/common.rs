@@ -291,3 +291,46 @@ pub fn counter_for_topic(name: &str, topic: &str) -> u64 {
         .copied()
         .unwrap_or(0)
 }
+
+/// A plain cluster connection to the shared test cluster, for commands
+/// the runtime does not send (a ghost read, a trim by hand).
+pub async fn redis_connection() -> redis::cluster_async::ClusterConnection {
+    redis::cluster::ClusterClient::new(test_support::shared_redis_urls())
+        .expect("client")
+        .get_async_connection()
+        .await
+        .expect("connection")
+}
+
+/// Record one message as handled.
+pub fn record_one(log: &Log, m: &streams::Message<Numbered>) {
+    log.lock().expect("log lock").push(Seen::of("", m));
+}
+
+pub fn node_used_memory(port: u16) -> u64 {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "INFO", "memory"])
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("used_memory")
+}
+
+pub fn set_maxmemory(port: u16, bytes: u64) {
+    let status = std::process::Command::new("redis-cli")
+        .args([
+            "-p",
+            &port.to_string(),
+            "CONFIG",
+            "SET",
+            "maxmemory",
+            &bytes.to_string(),
+        ])
+        .status()
+        .expect("redis-cli");
+    assert!(status.success());
+}
+

@@ -344,9 +344,6 @@ async fn dedupe_markers_skip_a_resent_message() {
     consumer.stop().await;
 }
 
-fn record_one(log: &Log, m: &streams::Message<Numbered>) {
-    log.lock().expect("log lock").push(Seen::of("", m));
-}
 
 /// Record only the messages acknowledged in this batch.
 fn record_acked(log: &Log, batch: &Batch<Numbered>, outcomes: &Outcomes) {

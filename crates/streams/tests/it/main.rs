@@ -6,6 +6,7 @@ mod common;
 mod crash;
 mod dlq;
 mod failover;
+mod faults;
 mod inspection;
 mod ordering;
 mod recovery;

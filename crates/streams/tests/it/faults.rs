@@ -1,0 +1,331 @@
+//! Faults that break naive consumers: a read by a consumer that does not
+//! own the partition, a node at `maxmemory` with a message to dead-letter,
+//! a failure on the last attempt, a dead letter that cannot be written.
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
+};
+
+use streams::{Batch, Error, Failure, Message, Outgoing, inspect::Inspector};
+use tokio::sync::{Notify, Semaphore};
+
+use crate::common::*;
+
+fn numbered(key: &str, seq: u64) -> Numbered {
+    Numbered {
+        key: key.into(),
+        seq,
+    }
+}
+
+async fn pending_of(stream: &str, group: &str, consumer: &str) -> usize {
+    let mut conn = redis_connection().await;
+    let rows: Vec<redis::Value> = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .arg("-")
+        .arg("+")
+        .arg(100)
+        .arg(consumer)
+        .query_async(&mut conn)
+        .await
+        .expect("xpending");
+    rows.len()
+}
+
+/// Entries that a consumer other than the owner took with `XREADGROUP >`
+/// (a stale owner's late read, a stray client) are swept by the owner and
+/// handled before the later entries of their keys, within a bounded time,
+/// and nothing stays pending with the intruder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_a_ghost_read_are_swept_and_handled_in_key_order() {
+    let client = shared_client().await;
+    let topic = topic(topic_config(1));
+    let producer = producer(&client);
+    let log = Log::default();
+    let entered = Arc::new(Notify::new());
+    let release = Arc::new(Semaphore::new(0));
+    let handler = {
+        let (log, entered, release) = (log.clone(), entered.clone(), release.clone());
+        move |batch: Batch<Numbered>| {
+            let (log, entered, release) = (log.clone(), entered.clone(), release.clone());
+            async move {
+                if batch.messages.iter().any(|m| m.payload.key == "slow") {
+                    entered.notify_one();
+                    release.acquire().await.expect("semaphore").forget();
+                }
+                record(&log, "owner", &batch);
+                batch.ack_all()
+            }
+        }
+    };
+    let consumer = Running::start(&client, &topic, consumer_config("ghosted"), handler);
+    producer
+        .send(&topic, "slow", &numbered("slow", 0))
+        .await
+        .expect("send");
+    entered.notified().await;
+
+    for seq in 0..3 {
+        producer
+            .send(&topic, "k", &numbered("k", seq))
+            .await
+            .expect("send");
+    }
+    let stream = topic.layout().partitions[0].stream.clone();
+    let mut conn = redis_connection().await;
+    let ghost_read: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("ghosted")
+        .arg("ghost")
+        .arg("COUNT")
+        .arg(3)
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .query_async(&mut conn)
+        .await
+        .expect("ghost read");
+    assert_ne!(ghost_read, redis::Value::Nil, "the ghost took entries");
+    assert_eq!(pending_of(&stream, "ghosted", "ghost").await, 3);
+    for seq in 3..5 {
+        producer
+            .send(&topic, "k", &numbered("k", seq))
+            .await
+            .expect("send");
+    }
+    release.add_permits(1);
+
+    wait_until(Duration::from_secs(10), "every entry of k", || async {
+        per_key(&log).get("k").is_some_and(|s| s.len() >= 5)
+    })
+    .await;
+    assert_eq!(per_key(&log)["k"], [0, 1, 2, 3, 4], "in key order, once");
+    wait_until(
+        Duration::from_secs(10),
+        "nothing pending with the ghost",
+        || async { pending_of(&stream, "ghosted", "ghost").await == 0 },
+    )
+    .await;
+    consumer.stop().await;
+}
+
+/// On a node at `maxmemory`, a message the handler rejects still reaches
+/// the DLQ, so retention can pass it and the node drains: appends are
+/// accepted again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_on_a_full_node_lets_it_drain() {
+    let cluster = tokio::task::spawn_blocking(test_support::RedisCluster::start)
+        .await
+        .expect("join")
+        .expect("private cluster");
+    let client = connect(cluster.urls()).await;
+    let mut config = topic_config(1);
+    config.retain_acked = Duration::ZERO;
+    config.capacity = 10_000_000;
+    let topic = topic(config);
+    streams::ensure_group(
+        &client,
+        topic.layout(),
+        "full",
+        streams::StartFrom::Beginning,
+    )
+    .await
+    .expect("group");
+    let producer = producer(&client);
+    producer
+        .send(&topic, "poison", &numbered("poison", 0))
+        .await
+        .expect("send poison");
+    let padding = "x".repeat(100);
+    for round in 0..25u64 {
+        let messages: Vec<Numbered> = (0..1000)
+            .map(|i| numbered(&format!("key-{i:04}-{padding}"), round))
+            .collect();
+        for result in producer
+            .send_batch(&topic, messages.iter().map(|m| Outgoing::new(&m.key, m)))
+            .await
+            .expect("encode")
+        {
+            result.expect("send");
+        }
+    }
+    let master = cluster
+        .master_of_slot(topic.layout().partitions[0].slot)
+        .expect("master");
+    set_maxmemory(master, node_used_memory(master) - 1024 * 1024);
+    match producer
+        .send(&topic, "probe", &numbered("probe", 0))
+        .await
+    {
+        Err(Error::Backpressure(_)) => {}
+        other => panic!("expected the full node to refuse, got {other:?}"),
+    }
+
+    let handled = Arc::new(AtomicU32::new(0));
+    let handler = {
+        let handled = handled.clone();
+        streams::per_message(move |m: Message<Numbered>| {
+            let handled = handled.clone();
+            async move {
+                if m.payload.key == "poison" {
+                    return Err(Failure::Reject("poison".into()));
+                }
+                handled.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+        })
+    };
+    let consumer = Running::start(&client, &topic, consumer_config("full"), handler);
+    let inspector = Inspector::new(client.clone());
+    wait_until(
+        Duration::from_secs(30),
+        "the poison message in the DLQ and appends accepted again",
+        || async {
+            inspector
+                .partition(topic.layout(), 0)
+                .await
+                .is_ok_and(|r| r.dlq_length == 1)
+                && producer
+                    .send(&topic, "probe", &numbered("probe", 0))
+                    .await
+                    .is_ok()
+        },
+    )
+    .await;
+    consumer.stop().await;
+}
+
+/// With one attempt, a message that fails is dead-lettered; the later
+/// messages of its key that `per_message` held behind it never ran, so they
+/// are delivered again after it, not dead-lettered unrun.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_on_the_last_attempt_does_not_dead_letter_its_followers() {
+    let client = shared_client().await;
+    let mut config = topic_config(1);
+    config.max_attempts = 1;
+    let topic = topic(config);
+    let log = Log::default();
+    let handler = {
+        let log = log.clone();
+        streams::per_message(move |m: Message<Numbered>| {
+            let log = log.clone();
+            async move {
+                if m.payload.seq == 0 {
+                    return Err(Failure::Retry("the first always fails".into()));
+                }
+                record_one(&log, &m);
+                Ok(())
+            }
+        })
+    };
+    let producer = producer(&client);
+    let messages: Vec<Numbered> = (0..4).map(|seq| numbered("k", seq)).collect();
+    for result in producer
+        .send_batch(&topic, messages.iter().map(|m| Outgoing::new("k", m)))
+        .await
+        .expect("encode")
+    {
+        result.expect("send");
+    }
+    let consumer = Running::start(&client, &topic, consumer_config("once"), handler);
+    let inspector = Inspector::new(client.clone());
+    wait_until(Duration::from_secs(10), "the followers handled", || async {
+        per_key(&log).get("k").is_some_and(|s| s.len() == 3)
+    })
+    .await;
+    assert_eq!(per_key(&log)["k"], [1, 2, 3]);
+    let report = inspector.partition(topic.layout(), 0).await.expect("report");
+    assert_eq!(report.dlq_length, 1, "only the failed message is dead");
+    consumer.stop().await;
+}
+
+/// A rejected message keeps its key blocked until its dead letter is
+/// written. While the DLQ append is refused (XADD taken from the consumer's
+/// user), the key's next message waits; after a restart the rejected one
+/// is handled again first, never after its successor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_waits_until_its_dead_letter_is_written() {
+    let urls = test_support::shared_redis_urls();
+    let user = test_support::unique_name("nodlq");
+    let acl = |rule: &str| {
+        for url in &urls {
+            let out = test_support::redis_cli_for(url)
+                .args(["ACL", "SETUSER", &user, rule])
+                .output()
+                .expect("redis-cli");
+            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK", "{out:?}");
+        }
+    };
+    for rule in ["reset", "on", ">secret", "~*", "&*", "+@all", "-xadd"] {
+        acl(rule);
+    }
+    let as_user: Vec<String> = urls
+        .iter()
+        .map(|u| test_support::url_as(u, &user, "secret"))
+        .collect();
+    let restricted = connect(as_user).await;
+    let client = shared_client().await;
+    let topic = topic(topic_config(1));
+    let handled = Arc::new(Mutex::new(Vec::<u64>::new()));
+    let handler = || {
+        let handled = handled.clone();
+        streams::per_message(move |m: Message<Numbered>| {
+            let handled = handled.clone();
+            async move {
+                handled.lock().expect("lock").push(m.payload.seq);
+                if m.payload.seq == 0 {
+                    return Err(Failure::Reject("never".into()));
+                }
+                Ok(())
+            }
+        })
+    };
+    let producer = producer(&client);
+    let consumer = Running::start(&restricted, &topic, consumer_config("nodlq"), handler());
+    producer
+        .send(&topic, "k", &numbered("k", 0))
+        .await
+        .expect("send");
+    wait_until(Duration::from_secs(10), "the rejection", || async {
+        !handled.lock().expect("lock").is_empty()
+    })
+    .await;
+    producer
+        .send(&topic, "k", &numbered("k", 1))
+        .await
+        .expect("send");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    consumer.stop().await;
+
+    acl("+xadd");
+    let consumer = Running::start(&client, &topic, consumer_config("nodlq"), handler());
+    wait_until(Duration::from_secs(10), "the successor handled", || async {
+        handled.lock().expect("lock").contains(&1)
+    })
+    .await;
+    let inspector = Inspector::new(client.clone());
+    wait_until(Duration::from_secs(10), "the dead letter", || async {
+        inspector
+            .partition(topic.layout(), 0)
+            .await
+            .is_ok_and(|r| r.dlq_length == 1)
+    })
+    .await;
+    consumer.stop().await;
+    let order = handled.lock().expect("lock").clone();
+    let successor = order.iter().position(|s| *s == 1).expect("handled");
+    assert!(
+        !order[successor..].contains(&0),
+        "the rejected message ran after its successor: {order:?}"
+    );
+    for url in &urls {
+        let _ = test_support::redis_cli_for(url)
+            .args(["ACL", "DELUSER", &user])
+            .output();
+    }
+}
