@@ -122,6 +122,9 @@ pub struct Message<T> {
     pub attempt: u32,
     pub entry_id: EntryId,
     pub partition: u16,
+    /// The fencing token of the lease it is handled under (see
+    /// [`crate::Fence`]); 0 outside a consumer.
+    pub fencing_token: u64,
     pub payload: T,
 }
 
@@ -260,6 +263,7 @@ impl RawEntry {
             attempt: meta.attempts.saturating_add(deliveries),
             entry_id: self.entry_id,
             partition,
+            fencing_token: 0,
             payload,
         })
     }

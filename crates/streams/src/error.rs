@@ -30,6 +30,11 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     Config(String),
 
+    /// A partition's lease passed to another consumer: this one may no
+    /// longer change what the group holds there.
+    #[error("fenced: the lease on partition {partition} passed to another consumer")]
+    Fenced { partition: u16 },
+
     #[error("unexpected reply to {command}: {detail}")]
     Protocol {
         command: &'static str,

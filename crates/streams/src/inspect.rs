@@ -269,9 +269,14 @@ impl Inspector {
         let lag_seconds = oldest_unacked
             .map(|id| now_ms.saturating_sub(id.ms) as f64 / 1000.0)
             .unwrap_or(0.0);
-        let owner: Option<String> = c
+        let lease: Option<String> = c
             .query("get lease", redis::cmd("GET").arg(keys.lease(&name)))
             .await?;
+        // `<fencing token>:<owner>`
+        let owner = lease.map(|value| match value.split_once(':') {
+            Some((token, owner)) if token.bytes().all(|b| b.is_ascii_digit()) => owner.to_owned(),
+            _ => value,
+        });
         let consumers: Vec<HashMap<String, Value>> = c
             .query(
                 "xinfo consumers",

@@ -52,8 +52,8 @@ pub mod topic;
 
 pub use client::{Capabilities, ClientConfig, Placement, StreamsClient};
 pub use consumer::{
-    Batch, Consumer, ConsumerConfig, Failure, Handler, Outcome, Outcomes, StartFrom, ensure_group,
-    per_message,
+    Batch, Consumer, ConsumerConfig, Failure, Fence, Handler, Outcome, Outcomes, StartFrom,
+    ensure_group, per_message,
 };
 pub use envelope::{EntryId, Event, Message, RawEntry};
 pub use error::{Backpressure, BackpressureReason, DecodeError, Error, Result};

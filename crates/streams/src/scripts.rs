@@ -1,11 +1,19 @@
 //! The Lua scripts. Each runs atomically on the node that owns its keys,
 //! and every key a script touches carries the same partition hash tag.
 //!
-//! Scripts start with `#!lua`. Those that add data (appends, dead letters,
-//! redrives) let Redis refuse them as a whole when the node is out of
-//! memory, instead of failing halfway; those that keep the system running
-//! or free memory (retention, acknowledgements, leases, membership) carry
-//! `flags=allow-oom`, so that a full node can still drain.
+//! Scripts start with `#!lua`. Those that add data (appends, redrives) let
+//! Redis refuse them as a whole when the node is out of memory, instead of
+//! failing halfway; those that keep the system running or free memory
+//! (retention, acknowledgements, dead letters, claims, leases, membership)
+//! carry `flags=allow-oom`, so that a full node can still drain.
+//!
+//! # Fencing
+//! A partition's lease holds `<token>:<owner>`, the token issued by Redis
+//! when the lease was taken ([`LEASE_ACQUIRE`]). Every script that changes
+//! what a group holds (acknowledging, dead-lettering, claiming for a retry
+//! or a sweep) first compares the lease with the caller's value and changes
+//! nothing when they differ, so a consumer that lost its lease cannot undo
+//! or take over the new owner's work, however late it wakes up.
 
 use std::sync::LazyLock;
 
@@ -71,6 +79,19 @@ local function backlog(stream, lost_key)
   return worst
 end
 
+-- The fencing check of every script that changes what a group holds: the
+-- partition's lease must still carry the caller's token and name.
+local function holds_lease(lease_key, lease_value)
+  return redis.call('GET', lease_key) == lease_value
+end
+
+local function last_delivered(stream, group)
+  for _, g in ipairs(groups_of(stream)) do
+    if g['name'] == group then return g['last-delivered-id'] end
+  end
+  return nil
+end
+
 -- Whether every group has acknowledged entry `id`.
 local function acked_by_all(stream, id)
   for _, g in ipairs(groups_of(stream)) do
@@ -83,6 +104,10 @@ end
 
 fn stream_script(body: &str) -> Script {
     Script::new(&format!("#!lua\n{PRELUDE}\n{body}"))
+}
+
+fn allow_oom_stream_script(body: &str) -> Script {
+    Script::new(&format!("#!lua flags=allow-oom\n{PRELUDE}\n{body}"))
 }
 
 /// Append a batch if the partition has room, in one atomic step.
@@ -162,27 +187,35 @@ return reply
 /// Move one entry to the DLQ: append it with why it failed, acknowledge it,
 /// and delete it from the stream once no other group needs it.
 ///
-/// KEYS[1] stream, KEYS[2] dlq. ARGV: group, entry id, reason, error,
-/// attempts, consumer, `1` when the server has XACKDEL. Returns 1 when
-/// moved, 0 when the entry is no longer pending with this consumer (an
-/// earlier call moved it, so the script is safe to repeat; or another
-/// consumer took it over), -1 when it was pending but deleted from the
-/// stream (lost; the pending entry is cleared).
+/// KEYS[1] stream, KEYS[2] dlq, KEYS[3] lease. ARGV: group, entry id,
+/// reason, error, attempts, consumer, `1` when XACKDEL may be used, lease
+/// value, `1` to move it even when it is pending with no one (its group
+/// lost the pending record). Returns 1 when moved, 0 when the entry is no
+/// longer pending with this consumer (an earlier call moved it, so the
+/// script is safe to repeat; or another consumer took it over), -1 when it
+/// was pending but deleted from the stream (lost; the pending entry is
+/// cleared), -2 when the caller's lease is gone (fenced: nothing changed).
+///
+/// It may run on a full node (`allow-oom`): the append is one entry, and
+/// the acknowledgement is what lets retention free the node. Without it a
+/// message to dead-letter would hold the trim point, and the node, for good.
 ///
 /// The delete waits until the entry is older than every group's last
 /// delivered id: deleting the newest delivered entry would leave Redis 7.0
 /// unable to report the group's lag until its next read, and backpressure
 /// would have to guess. Retention removes such entries later.
 pub static DEAD_LETTER: LazyLock<Script> = LazyLock::new(|| {
-    stream_script(
+    allow_oom_stream_script(
         r#"
 local stream, dlq = KEYS[1], KEYS[2]
 local group, id = ARGV[1], ARGV[2]
+if not holds_lease(KEYS[3], ARGV[8]) then return -2 end
 local pending = redis.call('XPENDING', stream, group, id, id, 1)[1]
-if not pending or pending[2] ~= ARGV[6] then return 0 end
+if pending and pending[2] ~= ARGV[6] then return 0 end
+if not pending and ARGV[9] ~= '1' then return 0 end
 local found = redis.call('XRANGE', stream, id, id)[1]
 if not found then
-  redis.call('XACK', stream, group, id)
+  if pending then redis.call('XACK', stream, group, id) end
   return -1
 end
 local args = {dlq, '*'}
@@ -201,6 +234,92 @@ else
   end
   if deletable then redis.call('XDEL', stream, id) end
 end
+return 1
+"#,
+    )
+});
+
+/// Claim pending entries for the partition's owner, with their data.
+///
+/// Used at takeover (every pending entry, whoever holds it) and whenever
+/// the owner finds entries it did not read itself: read by a consumer that
+/// lost its lease, or by anyone else, or delivered to it by a read whose
+/// reply was lost. Each claim from another consumer counts as a delivery
+/// (`RETRYCOUNT` one more than before), so a message that keeps killing its
+/// consumers still reaches `max_attempts`. Pending ids whose entries were
+/// deleted are acknowledged and counted as lost.
+///
+/// KEYS[1] stream, KEYS[2] lease. ARGV[1] group, ARGV[2] consumer,
+/// ARGV[3] lease value, ARGV[4] first id (`-` or `(id` allowed), ARGV[5]
+/// last id, ARGV[6] most rows, ARGV[7] which: `others` (not the caller's
+/// own entries), `adopt` (the caller's too, their count unchanged) or `all`
+/// (every entry counted as delivered again: a takeover). Returns `{-2}` when fenced, else `{1, last delivered id of
+/// the group, next first id or '', lost, {id, fields, 0, deliveries}...}`
+/// (the entries in the shape of `XREADGROUP ... CLAIM`).
+pub static SWEEP: LazyLock<Script> = LazyLock::new(|| {
+    allow_oom_stream_script(
+        r#"
+local stream, group, me = KEYS[1], ARGV[1], ARGV[2]
+if not holds_lease(KEYS[2], ARGV[3]) then return {-2} end
+local mode = ARGV[7]
+local rows = redis.call('XPENDING', stream, group, ARGV[4], ARGV[5], tonumber(ARGV[6]))
+local out = {1, last_delivered(stream, group) or '0-0', '', 0}
+local lost = 0
+for _, row in ipairs(rows) do
+  local own = row[2] == me
+  if mode ~= 'others' or not own then
+    local found = redis.call('XRANGE', stream, row[1], row[1])[1]
+    if found then
+      local deliveries = row[4]
+      if mode == 'all' or not own then deliveries = deliveries + 1 end
+      redis.call('XCLAIM', stream, group, me, 0, row[1], 'RETRYCOUNT', deliveries, 'JUSTID')
+      out[#out + 1] = {found[1], found[2], 0, deliveries}
+    else
+      redis.call('XACK', stream, group, row[1])
+      lost = lost + 1
+    end
+  end
+end
+if #rows == tonumber(ARGV[6]) then out[3] = '(' .. rows[#rows][1] end
+out[4] = lost
+return out
+"#,
+    )
+});
+
+/// Count the next delivery of a failed message and take it for the retry.
+///
+/// KEYS[1] stream, KEYS[2] lease. ARGV[1] group, ARGV[2] consumer,
+/// ARGV[3] lease value, ARGV[4] entry id, ARGV[5] its delivery count from
+/// now on. Returns 1 when claimed, -2 when fenced, -1 when the entry was
+/// deleted from the stream (lost; its pending record is cleared), 0 when
+/// the entry exists but is pending with no one: the group lost its record
+/// (recreated or reset), so nothing would ever deliver it again.
+pub static RETRY_CLAIM: LazyLock<Script> = LazyLock::new(|| {
+    allow_oom_stream_script(
+        r#"
+local stream, group, id = KEYS[1], ARGV[1], ARGV[4]
+if not holds_lease(KEYS[2], ARGV[3]) then return -2 end
+if not redis.call('XRANGE', stream, id, id)[1] then
+  redis.call('XACK', stream, group, id)
+  return -1
+end
+local claimed = redis.call('XCLAIM', stream, group, ARGV[2], 0, id, 'RETRYCOUNT', ARGV[5], 'JUSTID')
+if #claimed > 0 then return 1 end
+return 0
+"#,
+    )
+});
+
+/// Remove a consumer from a group if, at that moment, it holds nothing.
+/// Checked in the same step as the removal: an entry delivered to it in
+/// between would otherwise vanish with it. KEYS[1] stream. ARGV[1] group,
+/// ARGV[2] consumer. Returns 1 when removed.
+pub static REMOVE_IDLE_CONSUMER: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"#!lua flags=allow-oom
+if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then return 0 end
+redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
 return 1
 "#,
     )
@@ -226,8 +345,7 @@ return 1
 /// oldest unacknowledged id or '', now ms, newly lost, pending with the
 /// consumer}`.
 pub static MAINTAIN: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
-        "#!lua flags=allow-oom\n{PRELUDE}\n{}",
+    allow_oom_stream_script(
         r#"
 local stream, lost_key = KEYS[1], KEYS[2]
 local group, me = ARGV[2], ARGV[4]
@@ -286,19 +404,22 @@ if #groups > 0 then
   end
 end
 return {trimmed, unread, pending, oldest, now, missing, mine}
-"#
-    ))
+"#,
+    )
 });
 
-/// Acknowledge a batch and mark its messages as processed for the group.
+/// Acknowledge a batch, and mark its messages as processed for the group
+/// when dedupe is on, if the caller still holds the partition's lease.
 ///
-/// KEYS[1] stream, KEYS[2..] dedupe keys. ARGV[1] group, ARGV[2] marker
-/// TTL in ms, ARGV[3..] entry ids.
-pub static ACK_AND_MARK: LazyLock<Script> = LazyLock::new(|| {
+/// KEYS[1] stream, KEYS[2] lease, KEYS[3..] dedupe keys. ARGV[1] group,
+/// ARGV[2] lease value, ARGV[3] marker TTL in ms, ARGV[4..] entry ids.
+/// Returns the number acknowledged, or -2 when fenced (nothing changed).
+pub static ACK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"#!lua flags=allow-oom
-local acked = redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 3))
-for i = 2, #KEYS do redis.call('SET', KEYS[i], '1', 'PX', ARGV[2]) end
+if redis.call('GET', KEYS[2]) ~= ARGV[2] then return -2 end
+local acked = redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 4))
+for i = 3, #KEYS do redis.call('SET', KEYS[i], '1', 'PX', ARGV[3]) end
 return acked
 "#,
     )
@@ -356,22 +477,33 @@ return {replayed, last, 0}
     )
 });
 
-/// Take or keep the lease on a partition. KEYS[1] lease. ARGV[1] owner,
-/// ARGV[2] ttl ms. Returns 1 when `owner` holds it afterwards.
+/// Take the lease on a partition, with a new fencing token.
+///
+/// The lease's value is `<token>:<owner>`. The token comes from a counter
+/// that never expires (KEYS[2]), so every acquisition gets a higher one than
+/// any before it, and every script that changes what the group holds checks
+/// the whole value: a consumer that lost its lease (paused, cut off) is
+/// refused even if it comes back under the same name.
+///
+/// KEYS[1] lease, KEYS[2] token counter. ARGV[1] owner, ARGV[2] ttl ms.
+/// Returns the token, or 0 when another consumer holds the lease.
 pub static LEASE_ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"#!lua flags=allow-oom
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
+local held = redis.call('GET', KEYS[1])
+if held then
+  local sep = string.find(held, ':', 1, true)
+  if not sep or string.sub(held, sep + 1) ~= ARGV[1] then return 0 end
 end
-return 0
+local token = redis.call('INCRBY', KEYS[2], 1)
+redis.call('SET', KEYS[1], token .. ':' .. ARGV[1], 'PX', ARGV[2])
+return token
 "#,
     )
 });
 
-/// Extend a lease held by ARGV[1] to ARGV[2] ms. Returns 1 if still held.
+/// Extend a lease whose value is ARGV[1] to ARGV[2] ms. Returns 1 if still
+/// held.
 pub static LEASE_RENEW: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"#!lua flags=allow-oom
@@ -383,7 +515,7 @@ return 0
     )
 });
 
-/// Drop a lease held by ARGV[1]. Returns 1 if it was held.
+/// Drop a lease whose value is ARGV[1]. Returns 1 if it was held.
 pub static LEASE_RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"#!lua flags=allow-oom

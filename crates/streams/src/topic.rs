@@ -291,6 +291,12 @@ impl PartitionKeys {
         format!("{{{}}}:lease:{group}", self.tag)
     }
 
+    /// Counter behind the fencing tokens of `group`'s leases on this
+    /// partition. It never expires, so tokens only grow.
+    pub fn fencing_counter(&self, group: &str) -> String {
+        format!("{{{}}}:fence:{group}", self.tag)
+    }
+
     /// Marker that message `message_id` was appended (idempotent producers).
     pub fn produced(&self, message_id: &str) -> String {
         format!("{{{}}}:produced:{message_id}", self.tag)

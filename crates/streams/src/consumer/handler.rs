@@ -6,7 +6,25 @@ use crate::envelope::Message;
 #[derive(Debug)]
 pub struct Batch<T> {
     pub partition: u16,
+    /// The lease this batch is handled under. A handler that writes its
+    /// effects to a database passes it along (see
+    /// [`crate::idempotency`]), so that a write made after the lease passed
+    /// to another consumer is refused there too.
+    pub fence: Fence,
     pub messages: Vec<Message<T>>,
+}
+
+/// Which lease a batch was handled under: the partition of a topic, the
+/// group, and the fencing token Redis issued when the lease was taken.
+/// Tokens of one partition and group only grow, so a store that keeps the
+/// highest token it saw can refuse the writes of a consumer that lost its
+/// lease (paused, cut off) once its successor has written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub topic: String,
+    pub group: String,
+    pub partition: u16,
+    pub token: u64,
 }
 
 impl<T> Batch<T> {
@@ -38,11 +56,11 @@ pub enum Outcome {
 /// One outcome per message of a batch, by position. Messages without an
 /// outcome (a vector that is too short) count as failed, never as done.
 ///
-/// Ordering contract: once a message of a key gets `Retry`, the runtime
-/// holds back every later message of that key (in this batch and after)
-/// until the failed one succeeds or is dead-lettered, then delivers them
-/// again, even those this batch reported as `Ack`. A handler that stops
-/// working on a key after its first failure avoids that repeat.
+/// Ordering contract: once a message of a key gets `Retry` or `Reject`, the
+/// runtime holds back every later message of that key (in this batch and
+/// after) until the failed one succeeds or is written to the DLQ, then
+/// delivers them again, even those this batch reported as `Ack`. A handler
+/// that stops working on a key after its first failure avoids that repeat.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcomes(pub Vec<Outcome>);
 
@@ -95,11 +113,12 @@ pub enum Failure {
 }
 
 /// A batch handler built from a function of one message. Messages run one
-/// after another in stream order; once a message of a key fails with
-/// [`Failure::Retry`], the later messages of that key in the batch are not
-/// run (the runtime delivers them again after the failed one), so every
-/// key's messages take effect in order and none runs twice because of a
-/// neighbour's failure.
+/// after another in stream order; once a message of a key fails (either
+/// way), the later messages of that key in the batch are not run: the
+/// runtime delivers them again after the failed one succeeded or reached
+/// the DLQ. So every key's messages take effect in order, none runs twice
+/// because of a neighbour's failure, and none runs before its rejected
+/// predecessor is safely in the DLQ.
 pub fn per_message<T, F, Fut>(f: F) -> impl Handler<T>
 where
     T: Send + 'static,
@@ -130,7 +149,10 @@ where
             let key = message.key.clone();
             outcomes.push(match (self.0)(message).await {
                 Ok(()) => Outcome::Ack,
-                Err(Failure::Reject(reason)) => Outcome::Reject(reason),
+                Err(Failure::Reject(reason)) => {
+                    failed_keys.push(key);
+                    Outcome::Reject(reason)
+                }
                 Err(Failure::Retry(error)) => {
                     failed_keys.push(key);
                     Outcome::Retry(error)

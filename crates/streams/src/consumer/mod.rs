@@ -71,7 +71,7 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-pub use handler::{Batch, Failure, Handler, Outcome, Outcomes, per_message};
+pub use handler::{Batch, Failure, Fence, Handler, Outcome, Outcomes, per_message};
 
 use crate::{
     Result,
@@ -224,18 +224,25 @@ pub(crate) async fn ensure_partition_group(
     }
 }
 
-/// The time until which this process may treat a lease as its own.
+/// A partition lease this process holds: its fencing token and the time
+/// until which the process may treat it as its own.
 #[derive(Debug)]
-pub(crate) struct LeaseClock {
+pub(crate) struct Lease {
     epoch: Instant,
     valid_until_ms: AtomicU64,
+    /// Issued by Redis with the lease, higher than any before it.
+    pub token: u64,
+    /// The lease key's value while this lease holds: `<token>:<owner>`.
+    pub value: String,
 }
 
-impl LeaseClock {
-    fn new(epoch: Instant) -> Self {
+impl Lease {
+    fn new(epoch: Instant, token: u64, owner: &str) -> Self {
         Self {
             epoch,
             valid_until_ms: AtomicU64::new(0),
+            token,
+            value: format!("{token}:{owner}"),
         }
     }
 
@@ -257,7 +264,7 @@ impl LeaseClock {
 }
 
 struct OwnedPartition {
-    lease: Arc<LeaseClock>,
+    lease: Arc<Lease>,
     stop: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -403,7 +410,6 @@ impl<T: Event, H: Handler<T>> Consumer<T, H> {
     }
 
     async fn renew_leases(&self) {
-        let me = &self.shared.config.consumer_name;
         let ttl = self.shared.config.lease_ttl;
         // Partitions being handed over are renewed too, until their worker
         // has finished its batch and released the lease: the next owner must
@@ -415,11 +421,11 @@ impl<T: Event, H: Handler<T>> Consumer<T, H> {
             .map(|(partition, owned)| async move {
                 let sent = Instant::now();
                 let result = self
-                    .lease_call(&scripts::LEASE_RENEW, *partition, me, ttl)
+                    .lease_call(&scripts::LEASE_RENEW, *partition, &owned.lease.value, ttl)
                     .await;
                 match result {
-                    Ok(true) => owned.lease.renewed(sent, usable_lease(ttl)),
-                    Ok(false) => {
+                    Ok(held) if held > 0 => owned.lease.renewed(sent, usable_lease(ttl)),
+                    Ok(_) => {
                         tracing::warn!(
                             partition,
                             "lease lost to another consumer; stopping the worker"
@@ -433,24 +439,26 @@ impl<T: Event, H: Handler<T>> Consumer<T, H> {
         join_all(renewals).await;
     }
 
+    /// Run a lease script: `who` is the owner's name to acquire, the lease
+    /// value to renew. Returns the script's answer: the token or 0 for an
+    /// acquisition, 1 or 0 for a renewal.
     async fn lease_call(
         &self,
         script: &redis::Script,
         partition: u16,
-        owner: &str,
+        who: &str,
         ttl: Duration,
-    ) -> Result<bool> {
+    ) -> Result<u64> {
         let keys = self.shared.layout.partition(partition)?;
-        let mut cmd = evalsha(script, &[keys.lease(&self.shared.config.group)]);
-        cmd.arg(owner).arg(ttl.as_millis() as u64);
+        let group = &self.shared.config.group;
+        let mut cmd = evalsha(script, &[keys.lease(group), keys.fencing_counter(group)]);
+        cmd.arg(who).arg(ttl.as_millis() as u64);
         // Bounded by a heartbeat: one slow node must not delay the next
         // round of renewals for the partitions on healthy nodes.
-        let held: i64 = self
-            .shared
+        self.shared
             .client
             .eval_within("lease", self.shared.config.heartbeat, script, &cmd)
-            .await?;
-        Ok(held == 1)
+            .await
     }
 
     /// Try to lease each of `partitions`, all at once, and start a worker
@@ -480,11 +488,15 @@ impl<T: Event, H: Handler<T>> Consumer<T, H> {
         partition: u16,
         sent: Instant,
         ttl: Duration,
-        acquired: Result<bool>,
+        acquired: Result<u64>,
     ) {
         match acquired {
-            Ok(true) => {
-                let lease = Arc::new(LeaseClock::new(self.epoch));
+            Ok(token) if token > 0 => {
+                let lease = Arc::new(Lease::new(
+                    self.epoch,
+                    token,
+                    &self.shared.config.consumer_name,
+                ));
                 lease.renewed(sent, usable_lease(ttl));
                 let stop = CancellationToken::new();
                 let task = tokio::spawn(worker::run::<T, H>(
@@ -493,11 +505,11 @@ impl<T: Event, H: Handler<T>> Consumer<T, H> {
                     lease.clone(),
                     stop.clone(),
                 ));
-                tracing::info!(partition, "partition acquired");
+                tracing::info!(partition, token, "partition acquired");
                 self.owned
                     .insert(partition, OwnedPartition { lease, stop, task });
             }
-            Ok(false) => tracing::debug!(partition, "partition still leased by another consumer"),
+            Ok(_) => tracing::debug!(partition, "partition still leased by another consumer"),
             Err(err) => tracing::warn!(partition, %err, "lease acquisition failed"),
         }
     }
@@ -576,7 +588,8 @@ mod tests {
     #[test]
     fn lease_clock_expires_early() {
         let epoch = Instant::now();
-        let clock = LeaseClock::new(epoch);
+        let clock = Lease::new(epoch, 7, "me");
+        assert_eq!(clock.value, "7:me");
         assert!(!clock.is_valid());
         clock.renewed(Instant::now(), usable_lease(Duration::from_secs(3)));
         assert!(clock.is_valid());

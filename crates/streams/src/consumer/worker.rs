@@ -22,7 +22,10 @@ use futures_util::FutureExt;
 use redis::{Value, cluster_async::ClusterConnection};
 use tokio_util::sync::CancellationToken;
 
-use super::{Handler, LeaseClock, Outcome, Outcomes, Shared, handler::Batch};
+use super::{
+    Handler, Lease, Outcome, Outcomes, Shared,
+    handler::{Batch, Fence},
+};
 use crate::{
     Error, Result,
     client::evalsha,
@@ -66,11 +69,20 @@ struct Blocked {
     queue: VecDeque<Held>,
     /// The failed message is out for another attempt.
     retrying: bool,
+    /// The failed message is on its way to the DLQ: the key's later
+    /// messages wait until it is there, or a consumer that stopped before
+    /// writing it would hand the next owner a rejected message to run after
+    /// its successors.
+    awaiting_dead_letter: bool,
 }
 
 #[derive(Debug)]
 struct DeadLetter {
     entry_id: EntryId,
+    key: String,
+    /// Move it even though it is pending with no one: its group lost the
+    /// record (recreated or reset), and nothing else would deliver it.
+    unpending: bool,
     reason: &'static str,
     error: String,
     attempts: u32,
@@ -79,28 +91,29 @@ struct DeadLetter {
 pub(crate) async fn run<T: Event, H: Handler<T>>(
     shared: Arc<Shared<H>>,
     partition: u16,
-    lease: Arc<LeaseClock>,
+    lease: Arc<Lease>,
     stop: CancellationToken,
 ) {
-    let mut worker = match Worker::<T, H>::start(shared.clone(), partition, lease, stop).await {
+    let worker = Worker::<T, H>::start(shared.clone(), partition, lease.clone(), stop).await;
+    let mut worker = match worker {
         Ok(worker) => worker,
         Err(err) => {
             tracing::error!(partition, %err, "partition worker could not start");
-            release_lease(&shared, partition).await;
+            release_lease(&shared, partition, &lease).await;
             return;
         }
     };
     worker.run().await;
     worker.metrics.owned.set(0.0);
-    release_lease(&shared, partition).await;
+    release_lease(&shared, partition, &lease).await;
 }
 
-async fn release_lease<H>(shared: &Shared<H>, partition: u16) {
+async fn release_lease<H>(shared: &Shared<H>, partition: u16, lease: &Lease) {
     let Ok(keys) = shared.layout.partition(partition) else {
         return;
     };
     let mut cmd = evalsha(&scripts::LEASE_RELEASE, &[keys.lease(&shared.config.group)]);
-    cmd.arg(&shared.config.consumer_name);
+    cmd.arg(&lease.value);
     if let Err(err) = shared
         .client
         .eval::<i64>("lease release", &scripts::LEASE_RELEASE, &cmd)
@@ -113,10 +126,14 @@ async fn release_lease<H>(shared: &Shared<H>, partition: u16) {
 struct Worker<T, H> {
     shared: Arc<Shared<H>>,
     keys: PartitionKeys,
-    lease: Arc<LeaseClock>,
+    lease: Arc<Lease>,
     stop: CancellationToken,
-    /// Connection for blocking reads; replaced after a failed read.
+    /// Connection for reads; replaced after a failed read.
     reader: Option<ClusterConnection>,
+    lease_key: String,
+    /// The group's last delivered id after this worker's latest read. A
+    /// read that finds another means someone else read in between.
+    last_seen: Option<EntryId>,
     metrics: PartitionMetrics,
     blocked: HashMap<String, Blocked>,
     timers: BinaryHeap<Reverse<(Instant, String)>>,
@@ -139,19 +156,22 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
     async fn start(
         shared: Arc<Shared<H>>,
         partition: u16,
-        lease: Arc<LeaseClock>,
+        lease: Arc<Lease>,
         stop: CancellationToken,
     ) -> Result<Self> {
         let keys = shared.layout.partition(partition)?.clone();
         let metrics =
             PartitionMetrics::new(&shared.layout.config.name, &shared.config.group, partition);
         metrics.owned.set(1.0);
+        let lease_key = keys.lease(&shared.config.group);
         let mut worker = Self {
             shared,
             keys,
             lease,
             stop,
             reader: None,
+            lease_key,
+            last_seen: None,
             metrics,
             blocked: HashMap::new(),
             timers: BinaryHeap::new(),
@@ -271,31 +291,12 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
 
     /// Claim every pending entry of the partition, whoever holds it, and
     /// queue them before anything new. Claiming counts as a delivery, so a
-    /// message that keeps killing its consumers reaches `max_attempts`.
+    /// message that keeps killing its consumers reaches `max_attempts`. The
+    /// group's last delivered id comes with the last claim, in the same
+    /// step: whatever anyone reads after it, this worker finds at its first
+    /// read.
     async fn take_over_pending(&mut self) -> Result<()> {
-        let mut cursor = EntryId::MIN;
-        let mut claimed = Vec::new();
-        loop {
-            let cmd = redis::cmd("XAUTOCLAIM")
-                .arg(&self.keys.stream)
-                .arg(self.group())
-                .arg(self.me())
-                .arg(0)
-                .arg(cursor)
-                .arg("COUNT")
-                .arg(1000)
-                .to_owned();
-            let reply: Value = self.shared.client.query("claim pending", &cmd).await?;
-            let (next, entries, deleted) = parse_autoclaim(reply)?;
-            claimed.extend(entries.into_iter().filter(|e| !e.fields.is_empty()));
-            self.report_lost(deleted.len(), deleted.first());
-            if next == EntryId::MIN {
-                break;
-            }
-            cursor = next;
-        }
-        let counts = self.own_pending_counts().await?;
-        claimed.sort_by_key(|e| e.entry_id);
+        let (claimed, last_delivered) = self.sweep("-", "+", Sweep::All).await?;
         if !claimed.is_empty() {
             tracing::info!(
                 partition = self.partition(),
@@ -304,11 +305,50 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
             );
             self.metrics.reclaimed.increment(claimed.len() as u64);
         }
-        for raw in claimed {
-            let deliveries = counts.get(&raw.entry_id).copied().unwrap_or(1);
-            self.ready.push_back(Held::new(raw, deliveries));
-        }
+        self.ready.extend(claimed);
+        self.last_seen = Some(last_delivered);
         self.remove_dead_consumers().await
+    }
+
+    /// Claim the entries pending between `from` and `to` (`XPENDING`
+    /// bounds), oldest first, and return them with the group's last
+    /// delivered id as of the last claim.
+    async fn sweep(&mut self, from: &str, to: &str, which: Sweep) -> Result<(Vec<Held>, EntryId)> {
+        let mut start = from.to_owned();
+        let mut claimed = Vec::new();
+        loop {
+            let mut cmd = evalsha(&scripts::SWEEP, &[&self.keys.stream, &self.lease_key]);
+            cmd.arg(self.group())
+                .arg(self.me())
+                .arg(&self.lease.value)
+                .arg(&start)
+                .arg(to)
+                .arg(SWEEP_PAGE)
+                .arg(which.as_arg());
+            let reply: Value = self
+                .shared
+                .client
+                .eval("sweep", &scripts::SWEEP, &cmd)
+                .await?;
+            let page = parse_sweep(reply).map_err(|err| self.fenced_if(err))?;
+            self.report_lost(page.lost, None);
+            claimed.extend(page.entries);
+            match page.next {
+                Some(next) => start = next,
+                None => return Ok((claimed, page.last_delivered)),
+            }
+        }
+    }
+
+    /// Turn the scripts' "fenced" into [`Error::Fenced`], and stop.
+    fn fenced_if(&mut self, err: Error) -> Error {
+        if matches!(err, Error::Fenced { .. }) {
+            self.fenced = true;
+            return Error::Fenced {
+                partition: self.partition(),
+            };
+        }
+        err
     }
 
     /// Delivery counts of the entries pending with this consumer.
@@ -344,15 +384,13 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
     /// not stranded until the next takeover.
     async fn adopt_orphans(&mut self) -> Result<()> {
         self.settle_acks().await?;
+        // What a lost read delivered lies after the last entry seen, maybe
+        // behind another consumer's reads: all of it, in order.
+        if self.last_seen.is_some() {
+            self.catch_up("+").await?;
+        }
         let counts = self.own_pending_counts().await?;
-        let held: HashSet<EntryId> = self
-            .ready
-            .iter()
-            .chain(self.blocked.values().flat_map(|b| b.queue.iter()))
-            .map(|h| h.raw.entry_id)
-            .chain(self.unacked.iter().map(|(id, _)| *id))
-            .chain(self.undead.iter().map(|d| d.entry_id))
-            .collect();
+        let held = self.held_ids();
         let mut orphans: Vec<(EntryId, u32)> = counts
             .into_iter()
             .filter(|(id, _)| !held.contains(id))
@@ -377,6 +415,49 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
         Ok(())
     }
 
+    /// Entries this worker holds between steps.
+    fn held_ids(&self) -> HashSet<EntryId> {
+        self.ready
+            .iter()
+            .chain(self.blocked.values().flat_map(|b| b.queue.iter()))
+            .map(|h| h.raw.entry_id)
+            .chain(self.unacked.iter().map(|(id, _)| *id))
+            .chain(self.undead.iter().map(|d| d.entry_id))
+            .collect()
+    }
+
+    /// Take over entries pending with other consumers. Reads are checked
+    /// as they happen (see [`Self::read_new`]); this catches the rest, such
+    /// as a claim by a consumer that lost its lease a moment before, so
+    /// that nothing stays stranded with a consumer that will never handle
+    /// it, and retention is not held back by it.
+    async fn sweep_foreign(&mut self) -> Result<()> {
+        let (swept, last_delivered) = self.sweep("-", "+", Sweep::Others).await?;
+        // Nothing up to there is anyone else's now: the reads' check may
+        // start from it.
+        self.last_seen = Some(
+            self.last_seen
+                .map_or(last_delivered, |s| s.max(last_delivered)),
+        );
+        let held = self.held_ids();
+        let strays: Vec<Held> = swept
+            .into_iter()
+            .filter(|h| !held.contains(&h.raw.entry_id))
+            .collect();
+        if !strays.is_empty() {
+            tracing::warn!(
+                partition = self.partition(),
+                count = strays.len(),
+                "took over entries pending with other consumers"
+            );
+            self.metrics.reclaimed.increment(strays.len() as u64);
+        }
+        for held in strays {
+            self.enqueue(held);
+        }
+        Ok(())
+    }
+
     async fn entry(&self, id: EntryId) -> Result<Option<RawEntry>> {
         let cmd = redis::cmd("XRANGE")
             .arg(&self.keys.stream)
@@ -387,7 +468,7 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
         Ok(RawEntry::list_from_value(reply)?.pop())
     }
 
-    fn report_lost(&self, count: usize, first: Option<&EntryId>) {
+    fn report_lost(&self, count: u64, first: Option<&EntryId>) {
         if count == 0 {
             return;
         }
@@ -397,7 +478,7 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
             first = ?first,
             "pending entries were deleted from the stream before being acknowledged; they are lost"
         );
-        self.metrics.unacked_trimmed.increment(count as u64);
+        self.metrics.unacked_trimmed.increment(count);
     }
 
     /// Queue an entry behind its key if the key is blocked, else to `ready`.
@@ -486,8 +567,8 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
     /// each counted as its next delivery in Redis first. `RETRYCOUNT` sets
     /// the count, so repeating it after an error changes nothing.
     async fn promote_due_retries(&mut self) -> Result<()> {
-        // XCLAIM takes an entry from whoever holds it: after the lease ran
-        // out that may be the partition's next owner.
+        // The claim script refuses a lease that passed on; a lease this
+        // process already gave up saves the call.
         if !self.lease.is_valid() {
             return Ok(());
         }
@@ -503,47 +584,58 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
             let Some((entry_id, deliveries)) = self
                 .blocked
                 .get(&key)
-                .filter(|b| !b.retrying)
+                .filter(|b| !b.retrying && !b.awaiting_dead_letter)
                 .and_then(|b| b.queue.front())
                 .map(|head| (head.raw.entry_id, head.deliveries + 1))
             else {
                 continue;
             };
-            let cmd = redis::cmd("XCLAIM")
-                .arg(&self.keys.stream)
-                .arg(self.group())
+            let mut cmd = evalsha(&scripts::RETRY_CLAIM, &[&self.keys.stream, &self.lease_key]);
+            cmd.arg(self.group())
                 .arg(self.me())
-                .arg(0)
+                .arg(&self.lease.value)
                 .arg(entry_id)
-                .arg("RETRYCOUNT")
-                .arg(deliveries)
-                .arg("JUSTID")
-                .to_owned();
-            let ids: Vec<String> = match self.shared.client.query("count retry", &cmd).await {
-                Ok(ids) => ids,
+                .arg(deliveries);
+            let status: i64 = match self
+                .shared
+                .client
+                .eval("count retry", &scripts::RETRY_CLAIM, &cmd)
+                .await
+            {
+                Ok(status) => status,
                 Err(err) => {
+                    // Keep the key's timer, or nothing would ever release
+                    // the key: the next step tries again.
                     self.timers.push(Reverse((at, key)));
                     return Err(err);
                 }
             };
-            if ids.is_empty() {
-                // No longer pending here: deleted from the stream (lost), or
-                // acknowledged by whoever took the partition meanwhile.
-                match self.entry(entry_id).await {
-                    Ok(None) => self.report_lost(1, Some(&entry_id)),
-                    Ok(Some(_)) => {}
-                    Err(err) => {
-                        // Keep the key's timer, or nothing would ever
-                        // release the key: the next step looks again.
-                        self.timers.push(Reverse((at, key)));
-                        return Err(err);
+            match status {
+                1 => {}
+                FENCED => {
+                    self.timers.push(Reverse((at, key)));
+                    return Err(self.fenced_if(Error::Fenced { partition: 0 }));
+                }
+                -1 => {
+                    self.report_lost(1, Some(&entry_id));
+                    if let Some(blocked) = self.blocked.get_mut(&key) {
+                        blocked.queue.pop_front();
                     }
+                    self.unblock(&key);
+                    continue;
                 }
-                if let Some(blocked) = self.blocked.get_mut(&key) {
-                    blocked.queue.pop_front();
+                _ => {
+                    // The entry is pending with no one: its group was
+                    // recreated or reset. Nothing would deliver it again, so
+                    // it goes to the DLQ, and the key's later messages
+                    // follow once it is there.
+                    let Some(head) = self.blocked.get_mut(&key).and_then(|b| b.queue.pop_front())
+                    else {
+                        continue;
+                    };
+                    self.dead_letter_unpending(&head);
+                    continue;
                 }
-                self.unblock(&key);
-                continue;
             }
             let Some(blocked) = self.blocked.get_mut(&key) else {
                 continue;
@@ -559,52 +651,173 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
         Ok(())
     }
 
-    /// Read entries never delivered to the group. A read is sent once and
-    /// never retried: a retry after a lost reply would skip the entries the
-    /// first attempt delivered. After a failure the connection is replaced
-    /// and this consumer's pending list is checked for what the lost reply
-    /// carried before anything new is read.
+    /// Read entries never delivered to the group.
+    ///
+    /// The read is pipelined with two checks that run right after it on
+    /// the same connection: the lease, and the first entry pending after
+    /// the last one this worker read. A lease value other than this
+    /// worker's means the read must not be handled (values never repeat, so
+    /// an equal value after the read means the lease held during it): what
+    /// it took stays pending here and the owner sweeps it. A pending entry
+    /// before the first one this read returned means someone else read in
+    /// between (a consumer that lost its lease, any other client): those
+    /// entries are swept first and everything goes to `ready` behind them,
+    /// so no key's later entry overtakes them. A transaction would make
+    /// this one step, but a node at `maxmemory` refuses every transaction,
+    /// and reads must go on there for the node to drain.
+    ///
+    /// A read is sent once and never retried: a retry after a lost reply
+    /// would skip the entries the first attempt delivered. After a failure
+    /// the connection is replaced and this consumer's pending list is
+    /// checked for what the lost reply carried before anything new is read.
     async fn read_new(&mut self, count: usize, block: Option<Duration>) -> Result<Vec<RawEntry>> {
-        let Some(reader) = self.reader.clone() else {
+        let Some((lease, first_pending, entries)) = self.read_once(count, block).await? else {
             return Ok(Vec::new());
         };
-        let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP")
+        if lease.as_deref() != Some(self.lease.value.as_str()) {
+            tracing::warn!(
+                partition = self.partition(),
+                read = entries.len(),
+                "the lease passed to another consumer; leaving what this read took to the owner"
+            );
+            self.fenced = true;
+            return Ok(Vec::new());
+        }
+        let first_read = entries.first().map(|e| e.entry_id);
+        if self.last_seen.is_none() {
+            self.last_seen = entries.last().map(|e| e.entry_id);
+            return Ok(entries);
+        };
+        let intruded = match (first_pending, first_read) {
+            (Some(pending), Some(read)) => pending < read,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if !intruded {
+            if let Some(last) = entries.last() {
+                self.last_seen = Some(last.entry_id);
+            }
+            return Ok(entries);
+        }
+        let until = first_read.map_or_else(|| "+".to_owned(), |id| format!("({id}"));
+        let swept = self.catch_up(&until).await?;
+        tracing::warn!(
+            partition = self.partition(),
+            count = swept,
+            "another consumer read from the partition; handling what it took first"
+        );
+        if let Some(last) = entries.last() {
+            self.last_seen = Some(last.entry_id);
+        }
+        for raw in entries {
+            self.enqueue(Held::new(raw, 1));
+        }
+        Ok(Vec::new())
+    }
+
+    /// Claim what is pending after the last entry this worker read, up to
+    /// `until`, that it does not hold (another consumer's reads, or its own
+    /// whose reply was lost), and queue it, oldest first. With `until` at
+    /// the end of the stream, the check of later reads then starts from
+    /// the group's last delivered id. Returns how many were queued.
+    async fn catch_up(&mut self, until: &str) -> Result<usize> {
+        let from = self
+            .last_seen
+            .map_or_else(|| "-".to_owned(), |seen| format!("({seen}"));
+        let (swept, last_delivered) = self.sweep(&from, until, Sweep::Adopt).await?;
+        if until == "+" {
+            self.last_seen = Some(last_delivered);
+        }
+        let held = self.held_ids();
+        let mut queued = 0;
+        for entry in swept {
+            if !held.contains(&entry.raw.entry_id) {
+                self.enqueue(entry);
+                queued += 1;
+            }
+        }
+        self.metrics.reclaimed.increment(queued as u64);
+        Ok(queued)
+    }
+
+    /// One read with its checks: `(lease value after the read, first entry
+    /// pending after the last one this worker read, entries)`, or `None`
+    /// when the group had vanished (it is created again).
+    async fn read_once(
+        &mut self,
+        count: usize,
+        block: Option<Duration>,
+    ) -> Result<Option<(Option<String>, Option<EntryId>, Vec<RawEntry>)>> {
+        let Some(mut conn) = self.reader.clone() else {
+            return Ok(None);
+        };
+        let mut read = redis::cmd("XREADGROUP");
+        read.arg("GROUP")
             .arg(self.group())
             .arg(self.me())
             .arg("COUNT")
             .arg(count);
         if let Some(block) = block {
-            cmd.arg("BLOCK").arg(block.as_millis().max(1) as u64);
+            read.arg("BLOCK").arg(block.as_millis().max(1) as u64);
         }
-        cmd.arg("STREAMS").arg(&self.keys.stream).arg(">");
+        read.arg("STREAMS").arg(&self.keys.stream).arg(">");
+        let after = self
+            .last_seen
+            .map_or_else(|| "-".to_owned(), |seen| format!("({seen}"));
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors()
+            .add_command(read)
+            .cmd("GET")
+            .arg(&self.lease_key)
+            .cmd("XPENDING")
+            .arg(&self.keys.stream)
+            .arg(self.group())
+            .arg(after)
+            .arg("+")
+            .arg(1);
         let timeout = self.shared.client.config().command_timeout + block.unwrap_or_default();
-        let mut conn = reader;
-        let reply = match tokio::time::timeout(timeout, cmd.query_async::<Value>(&mut conn)).await {
-            Ok(Ok(reply)) => reply,
-            Ok(Err(err)) if err.code() == Some("NOGROUP") => {
+        let replies: Vec<Value> =
+            match tokio::time::timeout(timeout, pipe.query_async(&mut conn)).await {
+                Ok(Ok(replies)) => replies,
+                Ok(Err(err)) => {
+                    self.reader = None;
+                    return Err(err.into());
+                }
+                Err(_) => {
+                    self.reader = None;
+                    return Err(Error::Timeout {
+                        operation: "read",
+                        after: timeout,
+                    });
+                }
+            };
+        let [read, lease, pending]: [Value; 3] = replies.try_into().map_err(|replies| {
+            self.reader = None;
+            Error::protocol("read", format!("{replies:?}"))
+        })?;
+        if let Value::ServerError(err) = &read {
+            if err.code() == "NOGROUP" {
                 tracing::warn!(
                     partition = self.partition(),
                     "consumer group vanished; recreating it"
                 );
+                self.last_seen = None;
                 self.ensure_group().await?;
-                return Ok(Vec::new());
+                return Ok(None);
             }
-            Ok(Err(err)) => {
-                self.reader = None;
-                return Err(err.into());
-            }
-            Err(_) => {
-                self.reader = None;
-                return Err(Error::Timeout {
-                    operation: "read",
-                    after: timeout,
-                });
-            }
-        };
+            self.reader = None;
+            return Err(Error::protocol("XREADGROUP", err.to_string()));
+        }
         // Entries in a reply that cannot be read are pending here all the
         // same; a new reader looks for them, as after a lost reply.
-        parse_read(reply).inspect_err(|_| self.reader = None)
+        let parsed = parse_read(read).and_then(|entries| {
+            let lease = match lease {
+                Value::Nil => None,
+                other => Some(text(other)?),
+            };
+            Ok((lease, first_pending_id(pending)?, entries))
+        });
+        parsed.map(Some).inspect_err(|_| self.reader = None)
     }
 
     async fn process(&mut self, batch: Vec<Held>) -> Result<()> {
@@ -625,6 +838,12 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
         let mut delivered: Vec<Held> = Vec::with_capacity(batch.len());
         for held in batch {
             let entry_id = held.raw.entry_id;
+            // Its key's earlier message was just dead-lettered below: it
+            // waits until that is written.
+            if !held.retry && self.blocked.contains_key(held.raw.key()) {
+                self.enqueue(held);
+                continue;
+            }
             let for_other_group = held
                 .raw
                 .target_group()
@@ -645,11 +864,11 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
                     "max_deliveries",
                     "delivered too often without an outcome (crashed consumers?)".into(),
                 );
-                self.release_if_head(&held);
                 continue;
             }
             match held.raw.decode::<T>(self.partition(), held.deliveries) {
-                Ok(message) => {
+                Ok(mut message) => {
+                    message.fencing_token = self.lease.token;
                     if dedupe {
                         // A repeat later in this same batch is skipped too.
                         already_done.insert(message.id.clone());
@@ -657,10 +876,7 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
                     messages.push(message);
                     delivered.push(held);
                 }
-                Err(err) => {
-                    self.dead_letter(&held, err.dlq_reason(), err.to_string());
-                    self.release_if_head(&held);
-                }
+                Err(err) => self.dead_letter(&held, err.dlq_reason(), err.to_string()),
             }
         }
         if messages.is_empty() {
@@ -687,12 +903,16 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
                     let mark = dedupe.then(|| held.raw.message_id().to_owned());
                     self.unacked.push((held.raw.entry_id, mark));
                 }
+                // A dead-lettered message holds its key like a failed one:
+                // later messages of the key in this batch are delivered
+                // again once it is in the DLQ, whatever their outcome here
+                // (`per_message` did not even run them).
                 Outcome::Reject(reason) => {
-                    self.release_if_head(&held);
+                    failed_keys.insert(held.raw.key().to_owned());
                     self.dead_letter(&held, "rejected", reason);
                 }
                 Outcome::Retry(error) if held.deliveries >= max_attempts => {
-                    self.release_if_head(&held);
+                    failed_keys.insert(held.raw.key().to_owned());
                     self.dead_letter(&held, "max_attempts", error);
                 }
                 Outcome::Retry(error) => {
@@ -710,6 +930,7 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
                         ..held
                     });
                     blocked.retrying = false;
+                    blocked.awaiting_dead_letter = false;
                     self.timers
                         .push(Reverse((Instant::now() + wait, key.clone())));
                     failed_keys.insert(key);
@@ -744,6 +965,12 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
         let started = Instant::now();
         let handling = self.shared.handler.handle(Batch {
             partition: self.partition(),
+            fence: Fence {
+                topic: self.shared.layout.config.name.clone(),
+                group: self.group().to_owned(),
+                partition: self.partition(),
+                token: self.lease.token,
+            },
             messages,
         });
         // A panicking handler fails its batch; it does not take the worker
@@ -803,6 +1030,7 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
         }
     }
 
+    /// Queue `held` for the DLQ and hold its key until it is there.
     fn dead_letter(&mut self, held: &Held, reason: &'static str, error: String) {
         tracing::warn!(
             partition = self.partition(),
@@ -814,10 +1042,28 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
         );
         self.undead.push(DeadLetter {
             entry_id: held.raw.entry_id,
+            key: held.raw.key().to_owned(),
+            unpending: false,
             reason,
             error,
             attempts: held.raw.earlier_attempts().saturating_add(held.deliveries),
         });
+        let blocked = self.blocked.entry(held.raw.key().to_owned()).or_default();
+        blocked.retrying = false;
+        blocked.awaiting_dead_letter = true;
+    }
+
+    /// [`Self::dead_letter`] for a failed message whose pending record its
+    /// group lost.
+    fn dead_letter_unpending(&mut self, held: &Held) {
+        self.dead_letter(
+            held,
+            "group_reset",
+            "its consumer group lost the pending record (recreated or reset) while it waited for a retry".into(),
+        );
+        if let Some(dead) = self.undead.last_mut() {
+            dead.unpending = true;
+        }
     }
 
     /// Message ids of `batch` that this group already handled: marked in
@@ -844,11 +1090,15 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
             .collect())
     }
 
-    /// Move the queued dead letters. Each move is idempotent, so one whose
-    /// reply was lost is simply sent again.
+    /// Move the queued dead letters, and let each one's key go on once it
+    /// is in the DLQ. Each move is idempotent, so one whose reply was lost is
+    /// simply sent again.
     async fn flush_dead_letters(&mut self) -> Result<()> {
         while let Some(dead) = self.undead.first() {
-            let mut cmd = evalsha(&scripts::DEAD_LETTER, &[&self.keys.stream, &self.keys.dlq]);
+            let mut cmd = evalsha(
+                &scripts::DEAD_LETTER,
+                &[&self.keys.stream, &self.keys.dlq, &self.lease_key],
+            );
             cmd.arg(self.group())
                 .arg(dead.entry_id)
                 .arg(dead.reason)
@@ -859,19 +1109,29 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
                     "1"
                 } else {
                     "0"
-                });
+                })
+                .arg(&self.lease.value)
+                .arg(if dead.unpending { "1" } else { "0" });
             let status: i64 = self
                 .shared
                 .client
                 .eval("dead-letter", &scripts::DEAD_LETTER, &cmd)
                 .await?;
             match status {
+                FENCED => return Err(self.fenced_if(Error::Fenced { partition: 0 })),
                 // 0: no longer pending here; after a lost reply, the first
                 // attempt moved it.
                 1 | 0 => self.metrics.dead_lettered(dead.reason),
                 _ => self.report_lost(1, Some(&dead.entry_id)),
             }
-            self.undead.remove(0);
+            let dead = self.undead.remove(0);
+            if self
+                .blocked
+                .get(&dead.key)
+                .is_some_and(|b| b.awaiting_dead_letter)
+            {
+                self.unblock(&dead.key);
+            }
         }
         Ok(())
     }
@@ -895,6 +1155,8 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
         let client = self.shared.client.clone();
         let keys = self.keys.clone();
         let group = self.group().to_owned();
+        let lease = self.lease.clone();
+        let lease_key = self.lease_key.clone();
         let ttl = self.shared.config.dedupe_ttl;
         self.acks_in_flight = Some(tokio::spawn(async move {
             // Bounded calls: a script takes a few thousand arguments at most.
@@ -905,7 +1167,13 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
                     .filter_map(|(_, mark)| mark.as_deref())
                     .map(|id| keys.dedupe(&group, id))
                     .collect();
-                if let Err(err) = send_acks(&client, &keys.stream, &group, &ids, marks, ttl).await {
+                let acks = Acks {
+                    stream: &keys.stream,
+                    lease_key: &lease_key,
+                    lease_value: &lease.value,
+                    group: &group,
+                };
+                if let Err(err) = acks.send(&client, &ids, marks, ttl).await {
                     return Err((batch, err));
                 }
             }
@@ -924,6 +1192,15 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
             Ok(Ok(count)) => {
                 self.metrics.acked.increment(count as u64);
                 Ok(())
+            }
+            Ok(Err((batch, Error::Fenced { .. }))) => {
+                // Not ours to acknowledge any more: the owner claims them.
+                tracing::warn!(
+                    partition = self.partition(),
+                    count = batch.len(),
+                    "acknowledgements refused: the lease passed to another consumer"
+                );
+                Err(self.fenced_if(Error::Fenced { partition: 0 }))
             }
             Ok(Err((batch, err))) => {
                 self.unacked.splice(0..0, batch);
@@ -987,6 +1264,9 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
         if own_pending as usize > self.held_count() {
             self.adopt_orphans().await?;
         }
+        if pending > own_pending {
+            self.sweep_foreign().await?;
+        }
         if now >= self.next_cleanup {
             self.next_cleanup = now + Duration::from_secs(30);
             self.remove_dead_consumers().await?;
@@ -1023,18 +1303,21 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
                 .map(text)
                 .transpose()?
                 .unwrap_or_default();
-            let pending = matches!(consumer.get("pending"), Some(Value::Int(0)));
-            if pending && name != self.me() && !members.contains(&name) {
-                let cmd = redis::cmd("XGROUP")
-                    .arg("DELCONSUMER")
-                    .arg(&self.keys.stream)
-                    .arg(self.group())
-                    .arg(&name)
-                    .to_owned();
-                self.shared
+            let idle = matches!(consumer.get("pending"), Some(Value::Int(0)));
+            if idle && name != self.me() && !members.contains(&name) {
+                // Checked again in the script, in the same step as the
+                // removal: a read by that consumer since XINFO would
+                // otherwise vanish with it.
+                let mut cmd = evalsha(&scripts::REMOVE_IDLE_CONSUMER, &[&self.keys.stream]);
+                cmd.arg(self.group()).arg(&name);
+                let removed: i64 = self
+                    .shared
                     .client
-                    .query::<i64>("remove consumer", &cmd)
+                    .eval("remove consumer", &scripts::REMOVE_IDLE_CONSUMER, &cmd)
                     .await?;
+                if removed == 0 {
+                    continue;
+                }
                 tracing::info!(partition = self.partition(), consumer = %name, "removed dead consumer");
             }
         }
@@ -1045,37 +1328,125 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
 /// Most acknowledgements per call.
 const ACK_CHUNK: usize = 1000;
 
-async fn send_acks(
-    client: &crate::StreamsClient,
-    stream: &str,
-    group: &str,
-    ids: &[EntryId],
-    marks: Vec<String>,
-    dedupe_ttl: Option<Duration>,
-) -> Result<()> {
-    match dedupe_ttl {
-        Some(ttl) if !marks.is_empty() => {
-            let mut keys = Vec::with_capacity(marks.len() + 1);
-            keys.push(stream.to_owned());
-            keys.extend(marks);
-            let mut cmd = evalsha(&scripts::ACK_AND_MARK, &keys);
-            // `PX 0` is an error, raised after the script's XACK took
-            // effect; a TTL under a millisecond is one millisecond.
-            cmd.arg(group).arg(ttl.as_millis().max(1) as u64).arg(ids);
-            client
-                .eval::<i64>("ack and mark", &scripts::ACK_AND_MARK, &cmd)
-                .await?;
-        }
-        _ => {
-            let cmd = redis::cmd("XACK")
-                .arg(stream)
-                .arg(group)
-                .arg(ids)
-                .to_owned();
-            client.query::<i64>("ack", &cmd).await?;
+/// Most pending entries one sweep call looks at.
+const SWEEP_PAGE: usize = 1000;
+
+/// Which pending entries a sweep claims.
+#[derive(Debug, Clone, Copy)]
+enum Sweep {
+    /// Every one, each counted as delivered again: a takeover.
+    All,
+    /// Other consumers' (counted as delivered again) and this one's
+    /// (counts unchanged): catching up after a read.
+    Adopt,
+    /// Only other consumers'.
+    Others,
+}
+
+impl Sweep {
+    fn as_arg(self) -> &'static str {
+        match self {
+            Self::All => "all",
+            Self::Adopt => "adopt",
+            Self::Others => "others",
         }
     }
-    Ok(())
+}
+
+/// One page of [`scripts::SWEEP`].
+struct SweepPage {
+    last_delivered: EntryId,
+    next: Option<String>,
+    lost: u64,
+    entries: Vec<Held>,
+}
+
+/// Scripts answer `-2` (or `{-2}`) when the caller's lease is gone.
+const FENCED: i64 = -2;
+
+fn parse_sweep(reply: Value) -> Result<SweepPage> {
+    let Value::Array(parts) = reply else {
+        return Err(Error::protocol("sweep", format!("{reply:?}")));
+    };
+    let mut parts = parts.into_iter();
+    match parts.next() {
+        Some(Value::Int(1)) => {}
+        Some(Value::Int(FENCED)) => return Err(Error::Fenced { partition: 0 }),
+        other => return Err(Error::protocol("sweep", format!("status {other:?}"))),
+    }
+    let last_delivered = parse_id(&text(parts.next().unwrap_or(Value::Nil))?)?;
+    let next = text(parts.next().unwrap_or(Value::Nil))?;
+    let lost = match parts.next() {
+        Some(Value::Int(n)) => u64::try_from(n).unwrap_or(0),
+        other => return Err(Error::protocol("sweep", format!("lost {other:?}"))),
+    };
+    let entries = parts
+        .map(|entry| {
+            let (raw, deliveries) = RawEntry::from_value(entry)?;
+            Ok(Held::new(raw, deliveries.unwrap_or(1)))
+        })
+        .collect::<Result<_>>()?;
+    Ok(SweepPage {
+        last_delivered,
+        next: (!next.is_empty()).then_some(next),
+        lost,
+        entries,
+    })
+}
+
+/// Where one worker's acknowledgements go, and the lease they need.
+struct Acks<'a> {
+    stream: &'a str,
+    lease_key: &'a str,
+    lease_value: &'a str,
+    group: &'a str,
+}
+
+impl Acks<'_> {
+    /// Acknowledge `ids` and set their dedupe markers, if the lease still
+    /// holds; [`Error::Fenced`] when it does not.
+    async fn send(
+        &self,
+        client: &crate::StreamsClient,
+        ids: &[EntryId],
+        marks: Vec<String>,
+        dedupe_ttl: Option<Duration>,
+    ) -> Result<()> {
+        let mut keys = Vec::with_capacity(marks.len() + 2);
+        keys.push(self.stream.to_owned());
+        keys.push(self.lease_key.to_owned());
+        // `PX 0` is an error, raised after the script's XACK took effect; a
+        // TTL under a millisecond is one millisecond.
+        let ttl_ms = match dedupe_ttl {
+            Some(ttl) => {
+                keys.extend(marks);
+                ttl.as_millis().max(1) as u64
+            }
+            None => 0,
+        };
+        let mut cmd = evalsha(&scripts::ACK, &keys);
+        cmd.arg(self.group)
+            .arg(self.lease_value)
+            .arg(ttl_ms)
+            .arg(ids);
+        let acked: i64 = client.eval("ack", &scripts::ACK, &cmd).await?;
+        if acked == FENCED {
+            return Err(Error::Fenced { partition: 0 });
+        }
+        Ok(())
+    }
+}
+
+/// The id in an extended `XPENDING ... 1` reply, if any.
+fn first_pending_id(reply: Value) -> Result<Option<EntryId>> {
+    let Value::Array(rows) = reply else {
+        return Err(Error::protocol("XPENDING", format!("{reply:?}")));
+    };
+    let Some(Value::Array(row)) = rows.into_iter().next() else {
+        return Ok(None);
+    };
+    let id = row.into_iter().next().unwrap_or(Value::Nil);
+    parse_id(&text(id)?).map(Some)
 }
 
 fn parse_id(id: &str) -> Result<EntryId> {
@@ -1100,22 +1471,4 @@ fn parse_read(reply: Value) -> Result<Vec<RawEntry>> {
         }
     }
     Ok(out)
-}
-
-/// `XAUTOCLAIM` reply: `[next cursor, [entry...], [deleted id...]]`.
-fn parse_autoclaim(reply: Value) -> Result<(EntryId, Vec<RawEntry>, Vec<EntryId>)> {
-    let Value::Array(parts) = reply else {
-        return Err(Error::protocol("XAUTOCLAIM", format!("{reply:?}")));
-    };
-    let mut parts = parts.into_iter();
-    let next = parse_id(&text(parts.next().unwrap_or(Value::Nil))?)?;
-    let entries = RawEntry::list_from_value(parts.next().unwrap_or(Value::Nil))?;
-    let deleted = match parts.next() {
-        Some(Value::Array(ids)) => ids
-            .into_iter()
-            .map(|v| parse_id(&text(v)?))
-            .collect::<Result<_>>()?,
-        _ => Vec::new(),
-    };
-    Ok((next, entries, deleted))
 }

@@ -246,7 +246,6 @@ async fn unread_entries_trimmed_away_are_reported() {
     consumer.stop().await;
 }
 
-
 /// A node at `maxmemory` (with `noeviction`) refuses appends, reported as
 /// backpressure; consumers still read, acknowledge and trim, so the node
 /// drains and producers get through again. Nothing accepted is lost.

@@ -99,8 +99,13 @@ async fn undecodable_entries_are_dead_lettered_and_the_consumer_goes_on() {
         )
         .await
         .expect("dlq");
-    let reasons: Vec<(&str, &str)> = dlq
-        .entries
+    // The DLQ keeps each key's order; across keys, in stream order of origin.
+    let mut dead: Vec<_> = dlq.entries.iter().collect();
+    dead.sort_by_key(|e| {
+        e.field_str("dlq.origin")
+            .and_then(|id| id.parse::<streams::EntryId>().ok())
+    });
+    let reasons: Vec<(&str, &str)> = dead
         .iter()
         .map(|e| {
             (

@@ -333,4 +333,3 @@ pub fn set_maxmemory(port: u16, bytes: u64) {
         .expect("redis-cli");
     assert!(status.success());
 }
-

@@ -344,7 +344,6 @@ async fn dedupe_markers_skip_a_resent_message() {
     consumer.stop().await;
 }
 
-
 /// Record only the messages acknowledged in this batch.
 fn record_acked(log: &Log, batch: &Batch<Numbered>, outcomes: &Outcomes) {
     let mut log = log.lock().expect("log lock");

@@ -158,10 +158,7 @@ async fn a_dead_letter_on_a_full_node_lets_it_drain() {
         .master_of_slot(topic.layout().partitions[0].slot)
         .expect("master");
     set_maxmemory(master, node_used_memory(master) - 1024 * 1024);
-    match producer
-        .send(&topic, "probe", &numbered("probe", 0))
-        .await
-    {
+    match producer.send(&topic, "probe", &numbered("probe", 0)).await {
         Err(Error::Backpressure(_)) => {}
         other => panic!("expected the full node to refuse, got {other:?}"),
     }
@@ -239,7 +236,10 @@ async fn a_failure_on_the_last_attempt_does_not_dead_letter_its_followers() {
     })
     .await;
     assert_eq!(per_key(&log)["k"], [1, 2, 3]);
-    let report = inspector.partition(topic.layout(), 0).await.expect("report");
+    let report = inspector
+        .partition(topic.layout(), 0)
+        .await
+        .expect("report");
     assert_eq!(report.dlq_length, 1, "only the failed message is dead");
     consumer.stop().await;
 }
