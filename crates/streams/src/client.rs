@@ -23,6 +23,10 @@ pub struct ClientConfig {
     /// Bound on an operation including its retries through a failover.
     pub operation_timeout: Duration,
     pub connect_timeout: Duration,
+    /// Use `XACKDEL` and `XTRIM ... ACKED` (Redis 8.2) where every master
+    /// has them. Off by default: no 8.2 server could be had to test the
+    /// runtime's paths through them, and everything works without them.
+    pub newer_stream_commands: bool,
 }
 
 impl ClientConfig {
@@ -33,19 +37,28 @@ impl ClientConfig {
             // A replica takes over about two node timeouts after its master dies.
             operation_timeout: Duration::from_secs(15),
             connect_timeout: Duration::from_secs(2),
+            newer_stream_commands: false,
         }
     }
 }
 
-/// Commands newer than Redis 7.0 that the runtime uses when every master
-/// has them.
+/// The servers, and the commands newer than Redis 7.0 that the runtime
+/// uses. Each command is detected by asking every master what it has
+/// (`COMMAND INFO`, `COMMAND DOCS`), never from a version number: Valkey
+/// reports `redis_version:7.2.4` whatever it implements.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Capabilities {
-    /// The lowest `redis_version` among the masters.
+    /// `redis` or `valkey` (`server_name`), `mixed` when the masters differ.
+    pub server_name: String,
+    /// The lowest version among the masters, in their own numbering
+    /// (`valkey_version` on Valkey).
     pub server_version: (u32, u32, u32),
-    /// `XACKDEL` (8.2): acknowledge and delete in one command.
+    /// `XACKDEL` (Redis 8.2): acknowledge and delete in one command. Used
+    /// only with [`ClientConfig::newer_stream_commands`].
     pub xackdel: bool,
-    /// `XTRIM ... ACKED` (8.2): the server itself keeps unacknowledged entries.
+    /// `XTRIM ... ACKED` (Redis 8.2): the server itself keeps
+    /// unacknowledged entries. Used only with
+    /// [`ClientConfig::newer_stream_commands`].
     pub acked_trim: bool,
     /// `XREADGROUP ... CLAIM` (8.4). Reported, not used: a partition's
     /// owner claims its pending entries once, at takeover, where
@@ -53,8 +66,6 @@ pub struct Capabilities {
     /// `CLAIM` afterwards would hand the owner back the entries it is
     /// deliberately holding behind a failed key.
     pub xreadgroup_claim: bool,
-    /// `XINFO CONSUMERS` reports `inactive` (7.2).
-    pub consumer_inactive: bool,
 }
 
 /// A master and the slots it serves.
@@ -355,35 +366,75 @@ impl StreamsClient {
                     &redis::cmd("INFO").arg("server").to_owned(),
                 )
                 .await?;
-            let version = parse_version(&info);
-            let xackdel: Value = self
-                .query_node(
-                    "command info",
-                    master,
-                    &redis::cmd("COMMAND").arg("INFO").arg("XACKDEL").to_owned(),
-                )
-                .await?;
-            let has_xackdel =
-                matches!(&xackdel, Value::Array(items) if items.iter().any(|v| *v != Value::Nil));
+            let (server_name, server_version) = parse_server(&info);
             let node = Capabilities {
-                server_version: version,
-                xackdel: has_xackdel,
-                acked_trim: version >= (8, 2, 0),
-                xreadgroup_claim: version >= (8, 4, 0),
-                consumer_inactive: version >= (7, 2, 0),
+                server_name,
+                server_version,
+                xackdel: self.has_command(master, "XACKDEL").await?,
+                acked_trim: self.command_takes(master, "XTRIM", "ACKED").await?,
+                xreadgroup_claim: self.command_takes(master, "XREADGROUP", "CLAIM").await?,
             };
             caps = Some(match caps {
                 None => node,
                 Some(c) => Capabilities {
+                    server_name: if c.server_name == node.server_name {
+                        c.server_name
+                    } else {
+                        "mixed".into()
+                    },
                     server_version: c.server_version.min(node.server_version),
                     xackdel: c.xackdel && node.xackdel,
                     acked_trim: c.acked_trim && node.acked_trim,
                     xreadgroup_claim: c.xreadgroup_claim && node.xreadgroup_claim,
-                    consumer_inactive: c.consumer_inactive && node.consumer_inactive,
                 },
             });
         }
-        caps.ok_or_else(|| Error::protocol("cluster slots", "the cluster has no masters"))
+        let mut caps =
+            caps.ok_or_else(|| Error::protocol("cluster slots", "the cluster has no masters"))?;
+        if !self.inner.config.newer_stream_commands && (caps.xackdel || caps.acked_trim) {
+            tracing::info!(
+                "the masters have XACKDEL / XTRIM ACKED; not using them (newer_stream_commands is off)"
+            );
+            caps.xackdel = false;
+            caps.acked_trim = false;
+        }
+        Ok(caps)
+    }
+
+    async fn has_command(&self, node: &str, name: &str) -> Result<bool> {
+        let reply: Value = self
+            .query_node(
+                "command info",
+                node,
+                &redis::cmd("COMMAND").arg("INFO").arg(name).to_owned(),
+            )
+            .await?;
+        Ok(matches!(&reply, Value::Array(items) if items.iter().any(|v| *v != Value::Nil)))
+    }
+
+    /// Whether the node documents `token` among the arguments of `command`.
+    async fn command_takes(&self, node: &str, command: &str, token: &str) -> Result<bool> {
+        let reply: Value = self
+            .query_node(
+                "command docs",
+                node,
+                &redis::cmd("COMMAND").arg("DOCS").arg(command).to_owned(),
+            )
+            .await?;
+        Ok(mentions(&reply, token))
+    }
+}
+
+/// Whether `token` appears as a string anywhere in `value`.
+fn mentions(value: &Value, token: &str) -> bool {
+    match value {
+        Value::BulkString(bytes) => bytes.eq_ignore_ascii_case(token.as_bytes()),
+        Value::SimpleString(text) => text.eq_ignore_ascii_case(token),
+        Value::Array(items) | Value::Set(items) => items.iter().any(|v| mentions(v, token)),
+        Value::Map(pairs) => pairs
+            .iter()
+            .any(|(k, v)| mentions(k, token) || mentions(v, token)),
+        _ => false,
     }
 }
 
@@ -491,17 +542,26 @@ fn split_address(address: &str) -> Result<(&str, u16)> {
         .ok_or_else(|| Error::Config(format!("bad node address {address:?}")))
 }
 
-fn parse_version(info: &str) -> (u32, u32, u32) {
-    let version = info
-        .lines()
-        .find_map(|l| l.strip_prefix("redis_version:"))
-        .unwrap_or("0.0.0")
-        .trim();
+/// `(server_name, version)` from `INFO server`: Valkey names itself and
+/// has its own version line; Redis has neither name line nor other version.
+fn parse_server(info: &str) -> (String, (u32, u32, u32)) {
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+    };
+    let name = field("server_name").unwrap_or("redis").to_owned();
+    let version = field("valkey_version")
+        .or_else(|| field("redis_version"))
+        .unwrap_or("0.0.0");
     let mut parts = version.split('.').map(|p| p.parse().unwrap_or(0));
     (
-        parts.next().unwrap_or(0),
-        parts.next().unwrap_or(0),
-        parts.next().unwrap_or(0),
+        name,
+        (
+            parts.next().unwrap_or(0),
+            parts.next().unwrap_or(0),
+            parts.next().unwrap_or(0),
+        ),
     )
 }
 
@@ -551,13 +611,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn versions_parse_from_info() {
+    fn servers_and_versions_parse_from_info() {
         assert_eq!(
-            parse_version("# Server\r\nredis_version:7.0.15\r\n"),
-            (7, 0, 15)
+            parse_server("# Server\r\nredis_version:7.0.15\r\n"),
+            ("redis".into(), (7, 0, 15))
         );
-        assert_eq!(parse_version("redis_version:8.2.1\r\n"), (8, 2, 1));
-        assert_eq!(parse_version("nothing here"), (0, 0, 0));
+        assert_eq!(
+            parse_server("redis_version:7.2.4\r\nserver_name:valkey\r\nvalkey_version:9.1.2\r\n"),
+            ("valkey".into(), (9, 1, 2))
+        );
+        assert_eq!(parse_server("nothing here"), ("redis".into(), (0, 0, 0)));
+    }
+
+    #[test]
+    fn tokens_are_found_in_command_docs() {
+        let docs = Value::Array(vec![
+            Value::BulkString(b"xtrim".to_vec()),
+            Value::Array(vec![
+                Value::BulkString(b"token".to_vec()),
+                Value::BulkString(b"ACKED".to_vec()),
+            ]),
+        ]);
+        assert!(mentions(&docs, "acked"));
+        assert!(!mentions(&docs, "claim"));
     }
 
     #[test]

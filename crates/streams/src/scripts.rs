@@ -201,9 +201,10 @@ return reply
 /// message to dead-letter would hold the trim point, and the node, for good.
 ///
 /// The delete waits until the entry is older than every group's last
-/// delivered id: deleting the newest delivered entry would leave Redis 7.0
-/// unable to report the group's lag until its next read, and backpressure
-/// would have to guess. Retention removes such entries later.
+/// delivered id, with `XACKDEL` as without: deleting the newest delivered
+/// entry would leave Redis unable to report the group's lag until its next
+/// read, and backpressure would have to guess. Retention removes such
+/// entries later.
 pub static DEAD_LETTER: LazyLock<Script> = LazyLock::new(|| {
     allow_oom_stream_script(
         r#"
@@ -224,15 +225,15 @@ local meta = {'dlq.reason', ARGV[3], 'dlq.error', ARGV[4], 'dlq.attempts', ARGV[
   'dlq.origin', id, 'dlq.group', group, 'dlq.consumer', ARGV[6], 'dlq.at', tostring(now_ms())}
 for _, v in ipairs(meta) do args[#args + 1] = v end
 redis.call('XADD', unpack(args))
-if ARGV[7] == '1' then
+local read_past = true
+for _, g in ipairs(groups_of(stream)) do
+  if id_cmp(id, g['last-delivered-id']) >= 0 then read_past = false end
+end
+if ARGV[7] == '1' and read_past then
   redis.call('XACKDEL', stream, group, 'ACKED', 'IDS', 1, id)
 else
   redis.call('XACK', stream, group, id)
-  local deletable = acked_by_all(stream, id)
-  for _, g in ipairs(groups_of(stream)) do
-    if id_cmp(id, g['last-delivered-id']) >= 0 then deletable = false end
-  end
-  if deletable then redis.call('XDEL', stream, id) end
+  if read_past and acked_by_all(stream, id) then redis.call('XDEL', stream, id) end
 end
 return 1
 "#,

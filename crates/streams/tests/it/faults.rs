@@ -329,3 +329,216 @@ async fn a_key_waits_until_its_dead_letter_is_written() {
             .output();
     }
 }
+
+/// A consumer that loses its lease in the middle of a batch (here the
+/// lease is deleted, the extreme of a lease that expired early: a pause
+/// past it, a promoted replica whose clock runs ahead) is fenced: the next
+/// owner takes the batch over with a higher token, and when the old
+/// handler finally writes, `idempotency::postgres::fence` refuses it. Each
+/// message's effect lands once, written under the new owner's token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_lost_its_lease_mid_batch_is_fenced_out_of_postgres() {
+    use streams::idempotency::postgres as pg;
+    let client = shared_client().await;
+    let db = test_support::TestDatabase::create()
+        .await
+        .expect("test database");
+    let mut conn = db.pool.acquire().await.expect("connection");
+    pg::ensure_table(&mut conn).await.expect("tables");
+    sqlx::query(
+        "CREATE TABLE history (message_id text PRIMARY KEY, seq bigint, token bigint, consumer text)",
+    )
+    .execute(&mut *conn)
+    .await
+    .expect("history table");
+    drop(conn);
+    let topic = topic(topic_config(1));
+    let refused = Arc::new(AtomicU32::new(0));
+    let entered = Arc::new(Notify::new());
+    let release = Arc::new(Semaphore::new(0));
+    let handler = |consumer: &'static str, hold: bool| {
+        let (pool, refused, entered, release) = (
+            db.pool.clone(),
+            refused.clone(),
+            entered.clone(),
+            release.clone(),
+        );
+        move |batch: Batch<Numbered>| {
+            let (pool, refused, entered, release) = (
+                pool.clone(),
+                refused.clone(),
+                entered.clone(),
+                release.clone(),
+            );
+            async move {
+                if hold {
+                    entered.notify_one();
+                    release.acquire().await.expect("semaphore").forget();
+                }
+                let Ok(mut tx) = pool.begin().await else {
+                    return streams::Outcomes::retry_all(batch.len(), "database");
+                };
+                match pg::fence(&mut tx, &batch.fence).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        refused.fetch_add(1, Ordering::SeqCst);
+                        return streams::Outcomes::retry_all(batch.len(), "fenced");
+                    }
+                    Err(_) => return streams::Outcomes::retry_all(batch.len(), "database"),
+                }
+                for m in &batch.messages {
+                    if !pg::first_delivery(&mut tx, "fenced", &m.id)
+                        .await
+                        .unwrap_or(false)
+                    {
+                        continue;
+                    }
+                    sqlx::query("INSERT INTO history VALUES ($1, $2, $3, $4)")
+                        .bind(&m.id)
+                        .bind(m.payload.seq as i64)
+                        .bind(batch.fence.token as i64)
+                        .bind(consumer)
+                        .execute(&mut *tx)
+                        .await
+                        .expect("insert");
+                }
+                tx.commit().await.expect("commit");
+                batch.ack_all()
+            }
+        }
+    };
+    // The successor sorts first, so the partition is assigned to it once
+    // it joins; the first consumer hands over only when its lease is gone.
+    let mut first_config = consumer_config("fenced");
+    first_config.consumer_name = format!("z-{}", first_config.consumer_name);
+    let first = Running::start(&client, &topic, first_config, handler("first", true));
+    let producer = producer(&client);
+    for seq in 0..3 {
+        producer
+            .send(&topic, "k", &numbered("k", seq))
+            .await
+            .expect("send");
+    }
+    entered.notified().await;
+    let mut second_config = consumer_config("fenced");
+    second_config.consumer_name = format!("a-{}", second_config.consumer_name);
+    let second = Running::start(&client, &topic, second_config, handler("second", false));
+    let lease = topic.layout().partitions[0].lease("fenced");
+    let mut redis = redis_connection().await;
+    let _: i64 = redis::cmd("DEL")
+        .arg(&lease)
+        .query_async(&mut redis)
+        .await
+        .expect("delete the lease");
+
+    wait_until(
+        Duration::from_secs(15),
+        "the successor's writes",
+        || async {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM history")
+                .fetch_one(&db.pool)
+                .await
+                .is_ok_and(|n| n == 3)
+        },
+    )
+    .await;
+    release.add_permits(1);
+    wait_until(Duration::from_secs(10), "the old owner refused", || async {
+        refused.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let rows: Vec<(i64, i64, String)> =
+        sqlx::query_as("SELECT seq, token, consumer FROM history ORDER BY seq")
+            .fetch_all(&db.pool)
+            .await
+            .expect("history");
+    let tokens: Vec<i64> = rows.iter().map(|r| r.1).collect();
+    assert!(
+        rows.iter().all(|r| r.2 == "second"),
+        "only the successor wrote: {rows:?}"
+    );
+    assert!(tokens.iter().all(|t| *t > 1), "{rows:?}");
+    first.stop().await;
+    second.stop().await;
+}
+
+/// A group that vanishes while one of its messages waits for a retry, and
+/// is created again at the end of the stream (an operator's reset), no
+/// longer holds that message: nothing would ever deliver it again. It goes
+/// to the DLQ with the reason, and its key's next message follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_whose_group_was_reset_during_its_backoff_is_dead_lettered() {
+    let client = shared_client().await;
+    let mut config = topic_config(1);
+    config.retry.min_delay = Duration::from_millis(1500);
+    config.retry.max_delay = Duration::from_millis(1500);
+    let topic = topic(config);
+    let log = Log::default();
+    let failures = Arc::new(AtomicU32::new(0));
+    let handler = {
+        let (log, failures) = (log.clone(), failures.clone());
+        streams::per_message(move |m: Message<Numbered>| {
+            let (log, failures) = (log.clone(), failures.clone());
+            async move {
+                if m.payload.seq == 0 {
+                    failures.fetch_add(1, Ordering::SeqCst);
+                    return Err(Failure::Retry("not yet".into()));
+                }
+                record_one(&log, &m);
+                Ok(())
+            }
+        })
+    };
+    let consumer = Running::start(&client, &topic, consumer_config("reset"), handler);
+    let producer = producer(&client);
+    for seq in 0..2 {
+        producer
+            .send(&topic, "k", &numbered("k", seq))
+            .await
+            .expect("send");
+    }
+    wait_until(Duration::from_secs(10), "the first failure", || async {
+        failures.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let stream = topic.layout().partitions[0].stream.clone();
+    let mut redis = redis_connection().await;
+    // In one step, so that the consumer cannot create it again first.
+    let _: String = redis::cmd("EVAL")
+        .arg(
+            "redis.call('XGROUP', 'DESTROY', KEYS[1], ARGV[1]) \
+             return redis.call('XGROUP', 'CREATE', KEYS[1], ARGV[1], '$')",
+        )
+        .arg(1)
+        .arg(&stream)
+        .arg("reset")
+        .query_async(&mut redis)
+        .await
+        .expect("reset the group");
+
+    let inspector = Inspector::new(client.clone());
+    wait_until(Duration::from_secs(10), "the dead letter", || async {
+        inspector
+            .partition(topic.layout(), 0)
+            .await
+            .is_ok_and(|r| r.dlq_length == 1)
+    })
+    .await;
+    let dlq = inspector
+        .browse(
+            topic.layout(),
+            0,
+            streams::inspect::Log::Dlq,
+            streams::inspect::Direction::Forward,
+            None,
+            10,
+        )
+        .await
+        .expect("dlq");
+    assert_eq!(dlq.entries[0].field_str("dlq.reason"), Some("group_reset"));
+    wait_until(Duration::from_secs(10), "the next message", || async {
+        per_key(&log).get("k").is_some_and(|s| s == &[1])
+    })
+    .await;
+    consumer.stop().await;
+}
