@@ -301,6 +301,20 @@ impl StreamsClient {
         parse_cluster_slots(reply)
     }
 
+    /// Every reachable node and its role (`master` or `replica`), from
+    /// `CLUSTER NODES`. Unlike the slot map, it lists a replica that is
+    /// still syncing (Valkey leaves such replicas out of `CLUSTER SLOTS`).
+    pub async fn nodes(&self) -> Result<Vec<(String, &'static str)>> {
+        let reply: String = self
+            .query_routed(
+                "cluster nodes",
+                SingleNodeRoutingInfo::RandomPrimary,
+                redis::cmd("CLUSTER").arg("NODES"),
+            )
+            .await?;
+        Ok(parse_cluster_nodes(&reply))
+    }
+
     /// Whether the cluster answers, for readiness checks.
     pub async fn ping(self) -> std::result::Result<(), String> {
         self.slot_ranges()
@@ -565,6 +579,27 @@ fn parse_server(info: &str) -> (String, (u32, u32, u32)) {
     )
 }
 
+/// `(address, role)` of every node of a `CLUSTER NODES` reply that is not
+/// failed: `<id> <ip:port@bus[,hostname]> <flags> ...` per line.
+fn parse_cluster_nodes(reply: &str) -> Vec<(String, &'static str)> {
+    let mut nodes: Vec<(String, &'static str)> = reply
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let address = fields.nth(1)?.split(['@', ',']).next()?;
+            let flags = fields.next()?;
+            let flag = |name: &str| flags.split(',').any(|f| f == name);
+            if address.starts_with(':') || flag("fail") || flag("noaddr") || flag("handshake") {
+                return None;
+            }
+            let role = if flag("master") { "master" } else { "replica" };
+            Some((address.to_owned(), role))
+        })
+        .collect();
+    nodes.sort();
+    nodes
+}
+
 fn parse_cluster_slots(reply: Value) -> Result<Vec<SlotRange>> {
     let bad = |detail: String| Error::protocol("cluster slots", detail);
     let Value::Array(ranges) = reply else {
@@ -621,6 +656,23 @@ mod tests {
             ("valkey".into(), (9, 1, 2))
         );
         assert_eq!(parse_server("nothing here"), ("redis".into(), (0, 0, 0)));
+    }
+
+    #[test]
+    fn cluster_nodes_lists_every_live_node_with_its_role() {
+        let reply = "\
+a1 127.0.0.1:7101@17101 myself,master - 0 0 1 connected 0-5460
+b2 127.0.0.1:7104@17104,host-b slave a1 0 1 1 connected
+c3 127.0.0.1:7105@17105 slave,fail a1 0 1 1 connected
+d4 :0@0 master,noaddr - 0 0 0 disconnected
+";
+        assert_eq!(
+            parse_cluster_nodes(reply),
+            [
+                ("127.0.0.1:7101".to_owned(), "master"),
+                ("127.0.0.1:7104".to_owned(), "replica")
+            ]
+        );
     }
 
     #[test]

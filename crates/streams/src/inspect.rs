@@ -339,14 +339,7 @@ impl Inspector {
 
     /// Used and maximum memory of every node.
     pub async fn node_memory(&self) -> Result<Vec<NodeMemory>> {
-        let ranges = self.client.slot_ranges().await?;
-        let mut nodes: Vec<(String, &'static str)> = Vec::new();
-        for r in &ranges {
-            nodes.push((r.master.clone(), "master"));
-            nodes.extend(r.replicas.iter().map(|a| (a.clone(), "replica")));
-        }
-        nodes.sort();
-        nodes.dedup();
+        let nodes = self.client.nodes().await?;
         try_join_all(nodes.into_iter().map(|(address, role)| async move {
             let info: String = self
                 .client

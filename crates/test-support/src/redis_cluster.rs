@@ -110,11 +110,15 @@ impl RedisCluster {
         let dir = self.node_dir(port);
         std::fs::create_dir_all(&dir)?;
         let conf = dir.join("redis.conf");
+        // The replication backlog counts as used memory and does not shrink
+        // when streams are trimmed: Valkey's default of 10 MB would keep a
+        // test node that was filled on purpose above its limit for good.
         let mut settings = format!(
             "port {port}\nbind 127.0.0.1\ndir {dir}\ncluster-enabled yes\n\
              cluster-config-file nodes.conf\ncluster-node-timeout 1000\n\
              cluster-require-full-coverage no\nsave \"\"\nappendonly no\n\
              maxmemory 256mb\nmaxmemory-policy noeviction\ndaemonize yes\n\
+             repl-backlog-size 1mb\n\
              pidfile {dir}/redis.pid\nlogfile {dir}/redis.log\n",
             dir = dir.display()
         );
@@ -125,7 +129,7 @@ impl RedisCluster {
             ));
         }
         std::fs::write(&conf, settings)?;
-        let status = Command::new("redis-server").arg(&conf).status()?;
+        let status = Command::new(redis_server()).arg(&conf).status()?;
         if !status.success() {
             return Err(std::io::Error::other(format!(
                 "redis-server on {port} failed"
@@ -283,6 +287,12 @@ fn url_parts(url: &str) -> (Option<(&str, &str)>, &str) {
         ),
         None => (None, rest),
     }
+}
+
+/// The server binary private clusters run: `PAPERSTREAM_REDIS_SERVER` (as
+/// for `scripts/infra`, e.g. Valkey's `valkey-server`), else `redis-server`.
+fn redis_server() -> String {
+    std::env::var("PAPERSTREAM_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into())
 }
 
 /// `redis-cli` for the node of a seed URL, logged in as the URL's user

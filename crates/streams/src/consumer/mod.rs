@@ -12,17 +12,40 @@
 //! membership expire after `lease_ttl` and the partitions move.
 //!
 //! A worker stops by itself once its lease may have expired (it could not
-//! renew for `lease_ttl` minus a margin), so two live workers never process
-//! one partition at once as long as a batch finishes within that margin.
+//! renew for `lease_ttl` minus a margin). Without fencing, two workers
+//! could then only overlap when a batch outlives that margin; with it, the
+//! old worker's late acknowledgements and dead letters are refused, and
+//! only its handler's effects can still land (see "Fencing").
 //!
 //! # Takeover
-//! A new owner first claims every pending entry of the partition with
-//! XAUTOCLAIM (any consumer's: only the owner processes a partition) and
-//! runs them through the handler before reading new entries, oldest first,
-//! so a key's order survives the move. Pending ids whose entries were
-//! deleted are counted in `streams_unacked_trimmed_total` and dropped.
-//! Consumers no longer alive with nothing pending are removed from the
-//! group.
+//! A new owner first claims every pending entry of the partition (any
+//! consumer's: only the owner processes a partition) and runs them through
+//! the handler before reading new entries, oldest first, so a key's order
+//! survives the move. Pending ids whose entries were deleted are counted in
+//! `streams_unacked_trimmed_total` and dropped. Consumers no longer alive
+//! with nothing pending are removed from the group, in a script that checks
+//! "nothing pending" in the same step as the removal.
+//!
+//! # Fencing
+//! Each acquisition of a lease gets a fencing token from Redis, higher than
+//! any before it for that partition and group; the lease holds
+//! `<token>:<owner>`. Acknowledgements, dead letters, retry claims and
+//! sweeps run in scripts that compare the lease with the caller's and
+//! change nothing on a mismatch, so a consumer that was paused or cut off
+//! past its lease cannot act for the partition any more, even if its own
+//! clock says otherwise. Every read is followed on the same connection by
+//! a look at the lease: an owner that lost it leaves what it read to the
+//! next owner. The token travels with every batch ([`Batch::fence`],
+//! [`crate::Message::fencing_token`]) so that the handler's own store can
+//! refuse a late write too ([`crate::idempotency`]).
+//!
+//! The owner also guards against anyone else's reads. Each read is
+//! followed by a look at the first entry pending after the last one the
+//! owner read; one that comes before this read's entries was taken by
+//! someone else in between. Those entries are claimed and handled first,
+//! before the later entries of their keys. A periodic check (with
+//! retention) claims whatever else is pending with another consumer, so
+//! nothing stays stranded with a consumer that will never handle it.
 //!
 //! # Retries and the DLQ
 //! A failed message stays pending in Redis (its delivery count, set with
@@ -30,7 +53,11 @@
 //! is *blocked* in memory: later messages of that key queue behind it, while
 //! messages of every other key keep flowing. When the backoff expires the
 //! failed message is delivered alone; on success (or once it is
-//! dead-lettered) the queued messages of its key follow, in order.
+//! written to the DLQ) the queued messages of its key follow, in order. A
+//! message dead-lettered at once (rejected, or failed on its last attempt)
+//! holds its key the same way until the DLQ has it: were the consumer to
+//! stop first, the next owner would run it again, and it must not run after
+//! its successors.
 //!
 //! The trade-off: a poison key stalls only itself, and only for the sum of
 //! its backoffs (bounded by `max_attempts` and the policy's `max_delay`).
