@@ -43,7 +43,7 @@ pub fn kill_redis_node(address: &str) -> anyhow::Result<()> {
 /// Start whatever node of the local cluster is down again (it rejoins as a
 /// replica of the master that took over).
 pub fn restore_redis() -> anyhow::Result<()> {
-    run_infra(&["up"])
+    run_infra(&["redis-up"])
 }
 
 /// Restart the local Postgres (fast shutdown: connections are cut).

@@ -7,6 +7,7 @@
 //! non-zero when its invariant breaks. `--quick` is the short version CI
 //! runs.
 
+mod faults;
 mod harness;
 mod local;
 mod pipeline;
@@ -30,6 +31,10 @@ struct Cli {
     /// Where the JSON reports go.
     #[arg(long, default_value = "target/drills")]
     out: PathBuf,
+    /// `faults`: run only the schedule drawn from this seed (as a failed
+    /// run prints it).
+    #[arg(long)]
+    seed: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -42,10 +47,14 @@ enum Drill {
     Poison,
     PostgresRestart,
     MemorySpread,
+    Faults,
+    /// One consumer process of the `faults` drill (started by it).
+    #[value(hide = true)]
+    FaultsConsumer,
     All,
 }
 
-const EVERY: [Drill; 8] = [
+const EVERY: [Drill; 9] = [
     Drill::Load,
     Drill::KillConsumer,
     Drill::RedisFailover,
@@ -54,6 +63,7 @@ const EVERY: [Drill; 8] = [
     Drill::Poison,
     Drill::PostgresRestart,
     Drill::MemorySpread,
+    Drill::Faults,
 ];
 
 #[tokio::main]
@@ -65,6 +75,9 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let cli = Cli::parse();
+    if cli.drill == Drill::FaultsConsumer {
+        return faults::consumer_process().await;
+    }
     let env = harness::Env::from_env(cli.quick).await?;
     let drills: Vec<Drill> = match cli.drill {
         Drill::All => EVERY.to_vec(),
@@ -81,7 +94,8 @@ async fn main() -> anyhow::Result<()> {
             Drill::Poison => streams_drills::poison(&env).await?,
             Drill::RedisFailover => streams_drills::redis_failover(&env).await?,
             Drill::MemorySpread => streams_drills::memory_spread(&env).await?,
-            Drill::All => unreachable!("expanded above"),
+            Drill::Faults => faults::faults(&env, cli.seed, &cli.out).await?,
+            Drill::FaultsConsumer | Drill::All => unreachable!("handled above"),
         };
         report.publish(&cli.out)?;
         if !report.passed {
