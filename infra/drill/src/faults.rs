@@ -472,12 +472,25 @@ fn user_url(url: &str, user: &str) -> String {
 }
 
 /// Give every consumer its own Redis user on every node (as the operator),
-/// so that a `cut` can turn one off on one master.
+/// so that a `cut` can turn one off on one master. A node just restarted
+/// may refuse for a moment (still loading): it is asked again.
 async fn ensure_users(env: &Env) -> anyhow::Result<()> {
-    for node in env.client.nodes().await? {
-        let Ok(mut conn) = node_connection(&node.0).await else {
-            continue;
-        };
+    let mut last_error = None;
+    for _ in 0..60 {
+        match try_ensure_users(env).await {
+            Ok(()) => return Ok(()),
+            Err(err) => last_error = Some(err),
+        }
+        sleep(Duration::from_millis(500)).await;
+    }
+    Err(last_error
+        .unwrap_or_else(|| anyhow::anyhow!("no attempt"))
+        .context("create the consumers' Redis users"))
+}
+
+async fn try_ensure_users(env: &Env) -> anyhow::Result<()> {
+    for (address, _) in env.client.nodes().await? {
+        let mut conn = node_connection(&address).await?;
         for index in 0..CONSUMERS {
             let _: () = redis::cmd("ACL")
                 .arg("SETUSER")
@@ -488,7 +501,8 @@ async fn ensure_users(env: &Env) -> anyhow::Result<()> {
                 .arg("&*")
                 .arg("+@all")
                 .query_async(&mut conn)
-                .await?;
+                .await
+                .with_context(|| format!("ACL SETUSER on {address}"))?;
         }
     }
     Ok(())
@@ -557,7 +571,10 @@ async fn run_schedule(
     for (at, fault) in &schedule.faults {
         let due = nemesis_started + Duration::from_millis(*at);
         tokio::time::sleep_until(due).await;
-        if let Some(heal) = inject(env, &topic, &consumers, *fault).await? {
+        let injected = inject(env, &topic, &consumers, *fault)
+            .await
+            .with_context(|| format!("inject {fault:?}"))?;
+        if let Some(heal) = injected {
             healing.push(heal);
         }
     }
@@ -565,10 +582,8 @@ async fn run_schedule(
     stop_producing.cancel();
     producing.await??;
     for heal in healing {
-        heal.run(env).await?;
+        heal.run(env).await.context("heal")?;
     }
-    local::restore_redis()?;
-    ensure_users(env).await?;
     {
         let mut consumers = consumers.lock().await;
         for index in 0..CONSUMERS {
