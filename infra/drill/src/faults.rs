@@ -688,15 +688,24 @@ async fn produce(
 
 /// How to undo a fault that outlives its injection.
 enum Heal {
-    MigrateBack { slot: u16, to: String },
-    Maxmemory { address: String, limit: String },
+    /// Move `slot` back to whichever master serves `neighbour` (a slot that
+    /// never moves): its shard's master, even after a failover there.
+    MigrateBack {
+        slot: u16,
+        neighbour: u16,
+    },
+    Maxmemory {
+        address: String,
+        limit: String,
+    },
 }
 
 impl Heal {
     async fn run(self, env: &Env) -> anyhow::Result<()> {
         match self {
-            Self::MigrateBack { slot, to } => {
+            Self::MigrateBack { slot, neighbour } => {
                 let from = master_of(env, slot).await?;
+                let to = master_of(env, neighbour).await?;
                 if from != to {
                     migrate_slot(env, slot, &from, &to, Duration::ZERO).await?;
                 }
@@ -782,7 +791,8 @@ async fn inject(
                 return Ok(None);
             };
             migrate_slot(env, slot, &from, to, Duration::from_millis(300)).await?;
-            return Ok(Some(Heal::MigrateBack { slot, to: from }));
+            let neighbour = if slot == 0 { 1 } else { slot - 1 };
+            return Ok(Some(Heal::MigrateBack { slot, neighbour }));
         }
         Fault::Maxmemory { partition, ms } => {
             let master = master_of(env, slot_of(partition)).await?;
@@ -881,15 +891,40 @@ async fn migrate_slot(
             sleep(pause).await;
         }
     }
-    for master in env.client.masters().await? {
-        let mut conn = node_connection(&master).await?;
+    // The target first, then the source, then the others (as redis-cli
+    // does); a node that still marks the slot open afterwards is told the
+    // slot is stable, so no migration outlives its fault.
+    let mut masters = env.client.masters().await?;
+    masters.sort_by_key(|m| (m != to, m != from));
+    for master in &masters {
+        let mut conn = node_connection(master).await?;
         let _: () = redis::cmd("CLUSTER")
             .arg("SETSLOT")
             .arg(slot)
             .arg("NODE")
             .arg(&target_id)
             .query_async(&mut conn)
+            .await
+            .with_context(|| format!("CLUSTER SETSLOT {slot} NODE on {master}"))?;
+    }
+    for (address, _) in env.client.nodes().await? {
+        let mut conn = node_connection(&address).await?;
+        let nodes: String = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query_async(&mut conn)
             .await?;
+        let open = nodes
+            .lines()
+            .find(|l| l.contains("myself"))
+            .is_some_and(|l| l.contains(&format!("[{slot}-")));
+        if open {
+            let _: redis::Value = redis::cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(slot)
+                .arg("STABLE")
+                .query_async(&mut conn)
+                .await?;
+        }
     }
     Ok(())
 }
