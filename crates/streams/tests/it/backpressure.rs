@@ -251,26 +251,7 @@ async fn unread_entries_trimmed_away_are_reported() {
 /// drains and producers get through again. Nothing accepted is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_node_refuses_appends_until_consumers_drain_it() {
-    let cluster = tokio::task::spawn_blocking(test_support::RedisCluster::start)
-        .await
-        .expect("join")
-        .expect("private cluster");
-    let client = connect(cluster.urls()).await;
-    let mut config = topic_config(1);
-    config.retain_acked = Duration::ZERO;
-    config.capacity = 10_000_000;
-    let topic = topic(config);
-    streams::ensure_group(
-        &client,
-        topic.layout(),
-        "drain",
-        streams::StartFrom::Beginning,
-    )
-    .await
-    .expect("group");
-    let master = cluster
-        .master_of_slot(topic.layout().partitions[0].slot)
-        .expect("master");
+    let (_cluster, client, topic, master) = topic_on_a_private_cluster("drain").await;
     let used = node_used_memory(master);
     set_maxmemory(master, used + 4 * 1024 * 1024);
 

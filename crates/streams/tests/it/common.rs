@@ -333,3 +333,87 @@ pub fn set_maxmemory(port: u16, bytes: u64) {
         .expect("redis-cli");
     assert!(status.success());
 }
+
+/// A one-partition topic on a private cluster, with `group` created, for
+/// tests that fill a node: retention keeps nothing acknowledged, and the
+/// capacity never refuses first. Returns the cluster, a client, the topic
+/// and the port of the partition's master.
+pub async fn topic_on_a_private_cluster(
+    group: &str,
+) -> (
+    test_support::RedisCluster,
+    StreamsClient,
+    Topic<Numbered>,
+    u16,
+) {
+    let cluster = tokio::task::spawn_blocking(test_support::RedisCluster::start)
+        .await
+        .expect("join")
+        .expect("private cluster");
+    let client = connect(cluster.urls()).await;
+    let mut config = topic_config(1);
+    config.retain_acked = Duration::ZERO;
+    config.capacity = 10_000_000;
+    let topic = topic(config);
+    streams::ensure_group(
+        &client,
+        topic.layout(),
+        group,
+        streams::StartFrom::Beginning,
+    )
+    .await
+    .expect("group");
+    let master = cluster
+        .master_of_slot(topic.layout().partitions[0].slot)
+        .expect("master");
+    (cluster, client, topic, master)
+}
+
+/// A Redis user on every node of the shared cluster, allowed everything
+/// but what a test takes away; deleted when dropped.
+pub struct TestUser {
+    name: String,
+    urls: Vec<String>,
+}
+
+impl TestUser {
+    pub fn new(prefix: &str) -> Self {
+        let user = Self {
+            name: test_support::unique_name(prefix),
+            urls: test_support::shared_redis_urls(),
+        };
+        for rule in ["reset", "on", ">secret", "~*", "&*", "+@all"] {
+            user.acl(rule);
+        }
+        user
+    }
+
+    /// Apply one `ACL SETUSER` rule on every node, e.g. `-xadd`.
+    pub fn acl(&self, rule: &str) {
+        for url in &self.urls {
+            let out = test_support::redis_cli_for(url)
+                .args(["ACL", "SETUSER", &self.name, rule])
+                .output()
+                .expect("redis-cli");
+            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK", "{out:?}");
+        }
+    }
+
+    /// Seed URLs that log in as this user.
+    pub fn urls(&self) -> Vec<String> {
+        self.urls
+            .iter()
+            .map(|u| test_support::url_as(u, &self.name, "secret"))
+            .collect()
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        for url in &self.urls {
+            let _ = test_support::redis_cli_for(url)
+                .args(["ACL", "DELUSER", &self.name])
+                .output();
+        }
+    }
+}

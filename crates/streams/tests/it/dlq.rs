@@ -456,27 +456,8 @@ async fn dedupe_skips_repeats_in_the_same_batch_and_the_key_flows_on() {
 /// happens once Redis answers again, and the key's later messages follow.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_retry_step_is_retried_without_losing_the_key() {
-    let urls = test_support::shared_redis_urls();
-    let user = test_support::unique_name("flaky");
-    let acl = |rule: &str| {
-        for url in &urls {
-            let out = test_support::redis_cli_for(url)
-                .args(["ACL", "SETUSER", &user, rule])
-                .output()
-                .expect("redis-cli");
-            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK", "{out:?}");
-        }
-    };
-    acl("reset");
-    acl("on");
-    acl(">secret");
-    acl("~*");
-    acl("&*");
-    acl("+@all");
-    let as_user: Vec<String> = urls
-        .iter()
-        .map(|u| test_support::url_as(u, &user, "secret"))
-        .collect();
+    let user = TestUser::new("flaky");
+    let as_user = user.urls();
     let client = connect(as_user).await;
     let mut config = topic_config(1);
     config.retry.min_delay = Duration::from_millis(400);
@@ -504,25 +485,20 @@ async fn a_failed_retry_step_is_retried_without_losing_the_key() {
     })
     .await;
     // During the backoff, take XCLAIM away, then give it back.
-    acl("-xclaim");
+    user.acl("-xclaim");
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(
         seen_count(&log),
         0,
         "nothing of the key runs while its retry cannot be counted"
     );
-    acl("+xclaim");
+    user.acl("+xclaim");
     wait_until(Duration::from_secs(10), "the key's messages", || async {
         seen_count(&log) == 3
     })
     .await;
     assert_eq!(per_key(&log)["key-0"], [0, 1, 2]);
     consumer.stop().await;
-    for url in &urls {
-        let _ = test_support::redis_cli_for(url)
-            .args(["ACL", "DELUSER", &user])
-            .output();
-    }
 }
 
 /// A handler that never returns holds its batch only until the handler

@@ -119,23 +119,7 @@ async fn entries_a_ghost_read_are_swept_and_handled_in_key_order() {
 /// accepted again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_on_a_full_node_lets_it_drain() {
-    let cluster = tokio::task::spawn_blocking(test_support::RedisCluster::start)
-        .await
-        .expect("join")
-        .expect("private cluster");
-    let client = connect(cluster.urls()).await;
-    let mut config = topic_config(1);
-    config.retain_acked = Duration::ZERO;
-    config.capacity = 10_000_000;
-    let topic = topic(config);
-    streams::ensure_group(
-        &client,
-        topic.layout(),
-        "full",
-        streams::StartFrom::Beginning,
-    )
-    .await
-    .expect("group");
+    let (_cluster, client, topic, master) = topic_on_a_private_cluster("full").await;
     let producer = producer(&client);
     producer
         .send(&topic, "poison", &numbered("poison", 0))
@@ -154,9 +138,6 @@ async fn a_dead_letter_on_a_full_node_lets_it_drain() {
             result.expect("send");
         }
     }
-    let master = cluster
-        .master_of_slot(topic.layout().partitions[0].slot)
-        .expect("master");
     set_maxmemory(master, node_used_memory(master) - 1024 * 1024);
     match producer.send(&topic, "probe", &numbered("probe", 0)).await {
         Err(Error::Backpressure(_)) => {}
@@ -250,24 +231,9 @@ async fn a_failure_on_the_last_attempt_does_not_dead_letter_its_followers() {
 /// is handled again first, never after its successor.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_waits_until_its_dead_letter_is_written() {
-    let urls = test_support::shared_redis_urls();
-    let user = test_support::unique_name("nodlq");
-    let acl = |rule: &str| {
-        for url in &urls {
-            let out = test_support::redis_cli_for(url)
-                .args(["ACL", "SETUSER", &user, rule])
-                .output()
-                .expect("redis-cli");
-            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK", "{out:?}");
-        }
-    };
-    for rule in ["reset", "on", ">secret", "~*", "&*", "+@all", "-xadd"] {
-        acl(rule);
-    }
-    let as_user: Vec<String> = urls
-        .iter()
-        .map(|u| test_support::url_as(u, &user, "secret"))
-        .collect();
+    let user = TestUser::new("nodlq");
+    user.acl("-xadd");
+    let as_user = user.urls();
     let restricted = connect(as_user).await;
     let client = shared_client().await;
     let topic = topic(topic_config(1));
@@ -302,7 +268,7 @@ async fn a_key_waits_until_its_dead_letter_is_written() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     consumer.stop().await;
 
-    acl("+xadd");
+    user.acl("+xadd");
     let consumer = Running::start(&client, &topic, consumer_config("nodlq"), handler());
     wait_until(Duration::from_secs(10), "the successor handled", || async {
         handled.lock().expect("lock").contains(&1)
@@ -323,11 +289,6 @@ async fn a_key_waits_until_its_dead_letter_is_written() {
         !order[successor..].contains(&0),
         "the rejected message ran after its successor: {order:?}"
     );
-    for url in &urls {
-        let _ = test_support::redis_cli_for(url)
-            .args(["ACL", "DELUSER", &user])
-            .output();
-    }
 }
 
 /// A consumer that loses its lease in the middle of a batch (here the
