@@ -508,6 +508,24 @@ async fn try_ensure_users(env: &Env) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether every replica's link to its master is up.
+async fn replicas_in_sync(env: &Env) -> anyhow::Result<bool> {
+    for (address, role) in env.client.nodes().await? {
+        if role != "replica" {
+            continue;
+        }
+        let mut conn = node_connection(&address).await?;
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query_async(&mut conn)
+            .await?;
+        if !info.lines().any(|l| l.trim() == "master_link_status:up") {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 async fn node_connection(address: &str) -> anyhow::Result<redis::aio::MultiplexedConnection> {
     let client = redis::Client::open(local::node_url(address)?)?;
     Ok(tokio::time::timeout(
@@ -541,7 +559,8 @@ async fn run_schedule(
         GROUP,
         streams::StartFrom::Beginning,
     )
-    .await?;
+    .await
+    .context("create the group")?;
     ensure_users(env).await?;
     let mut consumers = Consumers {
         children: (0..CONSUMERS).map(|_| None).collect(),
@@ -580,7 +599,7 @@ async fn run_schedule(
     }
     tokio::time::sleep_until(nemesis_started + Duration::from_millis(schedule.load_ms)).await;
     stop_producing.cancel();
-    producing.await??;
+    producing.await?.context("produce")?;
     for heal in healing {
         heal.run(env).await.context("heal")?;
     }
@@ -607,23 +626,48 @@ async fn run_schedule(
                 .is_ok_and(|seen| acknowledged.is_subset(&seen))
     })
     .await;
-    let foreign = foreign_pending(env, &topic).await?;
-    consumers.lock().await.stop_all().await?;
-    let mut outcome = check(pool, &name, &acknowledged).await?;
+    let foreign = retried(async || foreign_pending(env, &topic).await)
+        .await
+        .context("count entries pending with non-owners")?;
+    consumers
+        .lock()
+        .await
+        .stop_all()
+        .await
+        .context("stop the consumers")?;
+    let mut outcome = check(pool, &name, &acknowledged)
+        .await
+        .context("read the history")?;
     outcome.seed = schedule.seed;
-    outcome.stranded = foreign
-        + if settled {
-            0
-        } else {
-            pending_and_unread(env, &topic).await?
-        };
-    harness::remove_topic(env, topic.layout()).await?;
+    outcome.stranded = foreign;
+    if !settled {
+        outcome.stranded += retried(async || pending_and_unread(env, &topic).await)
+            .await
+            .context("count what is left")?;
+    }
+    retried(async || harness::remove_topic(env, topic.layout()).await)
+        .await
+        .context("remove the topic")?;
     if outcome.violations() == 0 {
         for index in 0..CONSUMERS {
             let _ = std::fs::remove_file(logs.join(format!("{}-c{index}.log", schedule.seed)));
         }
     }
     Ok(outcome)
+}
+
+/// `op`, tried again for a while: right after a failover a node may still
+/// be loading or unknown to the client.
+async fn retried<T>(mut op: impl AsyncFnMut() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    let mut attempt = 0;
+    loop {
+        match op().await {
+            Ok(value) => return Ok(value),
+            Err(err) if attempt >= 20 => return Err(err),
+            Err(_) => attempt += 1,
+        }
+        sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// Send each key's next number once its previous one was acknowledged,
@@ -743,6 +787,12 @@ async fn inject(
             consumers.spawn(consumer)?;
         }
         Fault::KillMaster { partition } => {
+            // Only a master whose replica is in sync can fail over.
+            let synced = harness::wait_until(Duration::from_secs(60), async || {
+                replicas_in_sync(env).await.unwrap_or(false)
+            })
+            .await;
+            anyhow::ensure!(synced, "the replicas are not in sync");
             let master = master_of(env, slot_of(partition)).await?;
             local::kill_redis_node(&master)?;
             let failed_over = harness::wait_until(Duration::from_secs(20), async || {
@@ -753,6 +803,17 @@ async fn inject(
             .await;
             anyhow::ensure!(failed_over, "no failover after killing {master}");
             local::restore_redis()?;
+            // A second master kill before its shard's replica has synced
+            // would leave the shard without a master for good: the next
+            // fault waits for the replicas, as an operator would.
+            let synced = harness::wait_until(Duration::from_secs(60), async || {
+                replicas_in_sync(env).await.unwrap_or(false)
+            })
+            .await;
+            anyhow::ensure!(
+                synced,
+                "the replicas did not sync after restarting {master}"
+            );
             ensure_users(env).await?;
         }
         Fault::Cut {
