@@ -28,15 +28,20 @@
 //!
 //! ## Guarantees
 //! * At-least-once delivery; per-key order within a partition, including
-//!   across consumer changes and crashes. Effectively-once with
-//!   [`idempotency`].
+//!   across consumer changes, crashes, paused consumers and reads by anyone
+//!   else. Effectively-once with [`idempotency`].
+//! * Fencing: a consumer that lost a partition's lease can no longer
+//!   acknowledge, dead-letter, claim or handle entries there; each batch
+//!   carries the lease's token ([`Fence`]) so the handler's own store can
+//!   refuse its late writes too ([`idempotency`]).
 //! * A message acknowledged to the producer with
 //!   [`Durability::Replicated`] survives the failover of its master.
 //! * Nothing unacknowledged is trimmed; if anything else deletes it, the
 //!   loss is counted in `streams_unacked_trimmed_total` ([`metrics`]).
 //!
-//! Works with Redis 7.0 and later; newer commands are used when every
-//! master has them ([`Capabilities`]).
+//! Works with Redis 7.0 and later, and with Valkey; newer commands are
+//! found by asking every master, and Redis 8.2's are used only when
+//! [`ClientConfig::newer_stream_commands`] allows ([`Capabilities`]).
 
 pub mod client;
 pub mod consumer;
