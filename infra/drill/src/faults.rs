@@ -30,7 +30,7 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
@@ -283,16 +283,22 @@ impl Outcome {
 }
 
 /// `drill faults`: `schedules` schedules from `first_seed` on.
-pub async fn faults(env: &Env, seed: Option<u64>, out: &std::path::Path) -> anyhow::Result<Report> {
+pub async fn faults(
+    env: &Env,
+    seed: Option<u64>,
+    schedules: Option<u64>,
+    out: &std::path::Path,
+) -> anyhow::Result<Report> {
     let mut report = Report::new(
         "faults",
         "under randomized pauses, kills, master kills, cut links, slot migrations and full \
          nodes: every acknowledged send takes effect exactly once, in key order, and nothing \
          is stranded",
     );
-    let schedules = match seed {
-        Some(_) => 1,
-        None => env.scale(20, 500),
+    let schedules = match (seed, schedules) {
+        (Some(_), _) => 1,
+        (None, Some(count)) => count,
+        (None, None) => env.scale(20, 500),
     };
     let first_seed = seed.unwrap_or_else(|| fastrand::u64(..1 << 40));
     let db = test_support::TestDatabase::create()
@@ -407,7 +413,7 @@ impl Consumers {
             .env(ENV_NAME, &self.names[index])
             .env(ENV_DB, &self.db_url)
             .env("RUST_LOG", "warn,streams=warn")
-            .stdout(Stdio::null())
+            .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
             .context("start a consumer process")?;
@@ -508,18 +514,27 @@ async fn try_ensure_users(env: &Env) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Whether every replica's link to its master is up.
+/// Whether every master has a replica that finished its sync and keeps
+/// up, and no node is a master without slots (a restarted node that has
+/// not yet become a replica). Killing a master before that would leave its
+/// shard with no copy of what was acknowledged.
 async fn replicas_in_sync(env: &Env) -> anyhow::Result<bool> {
+    let masters: HashSet<String> = env.client.masters().await?.into_iter().collect();
     for (address, role) in env.client.nodes().await? {
-        if role != "replica" {
-            continue;
+        if role == "master" && !masters.contains(&address) {
+            return Ok(false);
         }
-        let mut conn = node_connection(&address).await?;
+    }
+    for master in masters {
+        let mut conn = node_connection(&master).await?;
         let info: String = redis::cmd("INFO")
             .arg("replication")
             .query_async(&mut conn)
             .await?;
-        if !info.lines().any(|l| l.trim() == "master_link_status:up") {
+        let online = info
+            .lines()
+            .any(|l| l.starts_with("slave") && l.contains("state=online") && !l.contains("lag=-"));
+        if !online {
             return Ok(false);
         }
     }

@@ -35,6 +35,9 @@ struct Cli {
     /// run prints it).
     #[arg(long)]
     seed: Option<u64>,
+    /// `faults`: how many schedules (20 quick, 500 full by default).
+    #[arg(long)]
+    schedules: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -94,7 +97,7 @@ async fn main() -> anyhow::Result<()> {
             Drill::Poison => streams_drills::poison(&env).await?,
             Drill::RedisFailover => streams_drills::redis_failover(&env).await?,
             Drill::MemorySpread => streams_drills::memory_spread(&env).await?,
-            Drill::Faults => faults::faults(&env, cli.seed, &cli.out).await?,
+            Drill::Faults => faults::faults(&env, cli.seed, cli.schedules, &cli.out).await?,
             Drill::FaultsConsumer | Drill::All => unreachable!("handled above"),
         };
         report.publish(&cli.out)?;
