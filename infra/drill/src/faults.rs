@@ -1007,13 +1007,10 @@ async fn migrate_slot(
 
 /// The operator's password, from the seed URLs.
 fn admin_password() -> anyhow::Result<String> {
-    let seed = std::env::var("PAPERSTREAM_REDIS_URLS")?;
-    let first = seed.split(',').next().unwrap_or_default();
-    let rest = first.strip_prefix("redis://").unwrap_or(first);
-    let credentials = rest.rsplit_once('@').map(|(c, _)| c).unwrap_or_default();
+    let credentials = local::operator_credentials()?.unwrap_or_default();
     Ok(credentials
         .split_once(':')
-        .map_or(credentials, |(_, p)| p)
+        .map_or(credentials.as_str(), |(_, p)| p)
         .to_owned())
 }
 

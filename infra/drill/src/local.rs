@@ -15,13 +15,20 @@ fn repo_root() -> PathBuf {
 /// The operator's URL for the node at `address` (`host:port`), with the
 /// credentials of the configured seed URLs.
 pub fn node_url(address: &str) -> anyhow::Result<String> {
+    Ok(match operator_credentials()? {
+        Some(credentials) => format!("redis://{credentials}@{address}"),
+        None => format!("redis://{address}"),
+    })
+}
+
+/// `user:password` of the first configured seed URL, if it has any.
+pub fn operator_credentials() -> anyhow::Result<Option<String>> {
     let seed = std::env::var("PAPERSTREAM_REDIS_URLS")?;
     let first = seed.split(',').next().unwrap_or_default();
     let rest = first.strip_prefix("redis://").unwrap_or(first);
-    Ok(match rest.rsplit_once('@') {
-        Some((credentials, _)) => format!("redis://{credentials}@{address}"),
-        None => format!("redis://{address}"),
-    })
+    Ok(rest
+        .rsplit_once('@')
+        .map(|(credentials, _)| credentials.to_owned()))
 }
 
 /// `kill -9` the Redis node at `address`.

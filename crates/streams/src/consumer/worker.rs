@@ -330,7 +330,9 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
                 .client
                 .eval("sweep", &scripts::SWEEP, &cmd)
                 .await?;
-            let page = parse_sweep(reply).map_err(|err| self.fenced_if(err))?;
+            let Some(page) = parse_sweep(reply)? else {
+                return Err(self.fence_off());
+            };
             self.report_lost(page.lost, None);
             claimed.extend(page.entries);
             match page.next {
@@ -340,15 +342,12 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
         }
     }
 
-    /// Turn the scripts' "fenced" into [`Error::Fenced`], and stop.
-    fn fenced_if(&mut self, err: Error) -> Error {
-        if matches!(err, Error::Fenced { .. }) {
-            self.fenced = true;
-            return Error::Fenced {
-                partition: self.partition(),
-            };
+    /// The lease passed on: stop, and say so.
+    fn fence_off(&mut self) -> Error {
+        self.fenced = true;
+        Error::Fenced {
+            partition: self.partition(),
         }
-        err
     }
 
     /// Delivery counts of the entries pending with this consumer.
@@ -614,7 +613,7 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
                 1 => {}
                 FENCED => {
                     self.timers.push(Reverse((at, key)));
-                    return Err(self.fenced_if(Error::Fenced { partition: 0 }));
+                    return Err(self.fence_off());
                 }
                 -1 => {
                     self.report_lost(1, Some(&entry_id));
@@ -1118,7 +1117,7 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
                 .eval("dead-letter", &scripts::DEAD_LETTER, &cmd)
                 .await?;
             match status {
-                FENCED => return Err(self.fenced_if(Error::Fenced { partition: 0 })),
+                FENCED => return Err(self.fence_off()),
                 // 0: no longer pending here; after a lost reply, the first
                 // attempt moved it.
                 1 | 0 => self.metrics.dead_lettered(dead.reason),
@@ -1168,6 +1167,7 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
                     .map(|id| keys.dedupe(&group, id))
                     .collect();
                 let acks = Acks {
+                    partition: keys.index,
                     stream: &keys.stream,
                     lease_key: &lease_key,
                     lease_value: &lease.value,
@@ -1200,7 +1200,7 @@ impl<T: Event, H: Handler<T>> Worker<T, H> {
                     count = batch.len(),
                     "acknowledgements refused: the lease passed to another consumer"
                 );
-                Err(self.fenced_if(Error::Fenced { partition: 0 }))
+                Err(self.fence_off())
             }
             Ok(Err((batch, err))) => {
                 self.unacked.splice(0..0, batch);
@@ -1364,14 +1364,15 @@ struct SweepPage {
 /// Scripts answer `-2` (or `{-2}`) when the caller's lease is gone.
 const FENCED: i64 = -2;
 
-fn parse_sweep(reply: Value) -> Result<SweepPage> {
+/// `None` when the caller's lease is gone.
+fn parse_sweep(reply: Value) -> Result<Option<SweepPage>> {
     let Value::Array(parts) = reply else {
         return Err(Error::protocol("sweep", format!("{reply:?}")));
     };
     let mut parts = parts.into_iter();
     match parts.next() {
         Some(Value::Int(1)) => {}
-        Some(Value::Int(FENCED)) => return Err(Error::Fenced { partition: 0 }),
+        Some(Value::Int(FENCED)) => return Ok(None),
         other => return Err(Error::protocol("sweep", format!("status {other:?}"))),
     }
     let last_delivered = parse_id(&text(parts.next().unwrap_or(Value::Nil))?)?;
@@ -1386,16 +1387,17 @@ fn parse_sweep(reply: Value) -> Result<SweepPage> {
             Ok(Held::new(raw, deliveries.unwrap_or(1)))
         })
         .collect::<Result<_>>()?;
-    Ok(SweepPage {
+    Ok(Some(SweepPage {
         last_delivered,
         next: (!next.is_empty()).then_some(next),
         lost,
         entries,
-    })
+    }))
 }
 
 /// Where one worker's acknowledgements go, and the lease they need.
 struct Acks<'a> {
+    partition: u16,
     stream: &'a str,
     lease_key: &'a str,
     lease_value: &'a str,
@@ -1431,7 +1433,9 @@ impl Acks<'_> {
             .arg(ids);
         let acked: i64 = client.eval("ack", &scripts::ACK, &cmd).await?;
         if acked == FENCED {
-            return Err(Error::Fenced { partition: 0 });
+            return Err(Error::Fenced {
+                partition: self.partition,
+            });
         }
         Ok(())
     }

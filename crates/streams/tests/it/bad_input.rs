@@ -80,15 +80,8 @@ async fn undecodable_entries_are_dead_lettered_and_the_consumer_goes_on() {
         seen_count(&log) == 2
     })
     .await;
-    let inspector = Inspector::new(client.clone());
-    wait_until(Duration::from_secs(10), "four dead letters", || async {
-        inspector
-            .partition(topic.layout(), 0)
-            .await
-            .is_ok_and(|r| r.dlq_length == 4)
-    })
-    .await;
-    let dlq = inspector
+    wait_for_dead_letters(&client, &topic, 0, 4).await;
+    let dlq = Inspector::new(client.clone())
         .browse(
             topic.layout(),
             0,

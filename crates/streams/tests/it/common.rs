@@ -417,3 +417,24 @@ impl Drop for TestUser {
         }
     }
 }
+
+/// Wait until partition `partition` of `topic` holds `count` dead letters.
+pub async fn wait_for_dead_letters(
+    client: &StreamsClient,
+    topic: &Topic<Numbered>,
+    partition: u16,
+    count: u64,
+) {
+    let inspector = streams::Inspector::new(client.clone());
+    wait_until(
+        Duration::from_secs(10),
+        &format!("{count} dead letter(s)"),
+        || async {
+            inspector
+                .partition(topic.layout(), partition)
+                .await
+                .is_ok_and(|r| r.dlq_length == count)
+        },
+    )
+    .await;
+}

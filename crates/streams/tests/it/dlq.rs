@@ -234,14 +234,7 @@ async fn rejected_messages_redrive_in_order_to_their_group_only() {
     for m in &odd {
         producer.send(&topic, &m.key, m).await.expect("send");
     }
-    wait_until(Duration::from_secs(10), "five dead letters", || async {
-        let inspector = Inspector::new(client.clone());
-        inspector
-            .partition(topic.layout(), 0)
-            .await
-            .is_ok_and(|r| r.dlq_length == 5)
-    })
-    .await;
+    wait_for_dead_letters(&client, &topic, 0, 5).await;
     wait_until(Duration::from_secs(10), "other group done", || async {
         seen_count(&other_log) == 5
     })

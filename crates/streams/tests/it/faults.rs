@@ -274,14 +274,7 @@ async fn a_key_waits_until_its_dead_letter_is_written() {
         handled.lock().expect("lock").contains(&1)
     })
     .await;
-    let inspector = Inspector::new(client.clone());
-    wait_until(Duration::from_secs(10), "the dead letter", || async {
-        inspector
-            .partition(topic.layout(), 0)
-            .await
-            .is_ok_and(|r| r.dlq_length == 1)
-    })
-    .await;
+    wait_for_dead_letters(&client, &topic, 0, 1).await;
     consumer.stop().await;
     let order = handled.lock().expect("lock").clone();
     let successor = order.iter().position(|s| *s == 1).expect("handled");
@@ -477,15 +470,8 @@ async fn a_message_whose_group_was_reset_during_its_backoff_is_dead_lettered() {
         .await
         .expect("reset the group");
 
-    let inspector = Inspector::new(client.clone());
-    wait_until(Duration::from_secs(10), "the dead letter", || async {
-        inspector
-            .partition(topic.layout(), 0)
-            .await
-            .is_ok_and(|r| r.dlq_length == 1)
-    })
-    .await;
-    let dlq = inspector
+    wait_for_dead_letters(&client, &topic, 0, 1).await;
+    let dlq = Inspector::new(client.clone())
         .browse(
             topic.layout(),
             0,
